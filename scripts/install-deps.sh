@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs everything HybridGen needs to build and test on a Debian/Ubuntu machine.
+# Idempotent: packages already present are skipped by apt; safe to run again.
+set -euo pipefail
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+pkgs=(cmake ninja-build g++ pkg-config
+      libdnnl-dev libnuma-dev libspdlog-dev libfmt-dev libcli11-dev
+      libgtest-dev googletest libbenchmark-dev nlohmann-json3-dev libpcre2-dev
+      python3)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "install-deps: all packages present"
+fi
+# The CUDA toolkit is optional: the CUDA backend is built when nvcc is found
+# (at /usr/local/cuda/bin/nvcc or on PATH).
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+  echo "install-deps: CUDA toolkit found; the CUDA backend will be built"
+else
+  echo "install-deps: no CUDA toolkit; building the CPU backend only"
+fi

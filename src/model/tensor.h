@@ -1,0 +1,47 @@
+// Tensors as they sit in a checkpoint file: dtype, shape and a pointer into the mapped file.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace hybridgen {
+
+// Element types of checkpoint tensors. Block-quantized types (GGUF) store `block_size()`
+// elements in `block_bytes()` bytes.
+enum class DType : uint8_t {
+  kF32,
+  kF16,
+  kBF16,
+  kQ4_0,  // 32 elements: f16 scale d, 16 bytes of 4-bit q; x = d * (q - 8)
+  kQ4_1,  // 32 elements: f16 scale d, f16 min m, 16 bytes of 4-bit q; x = d * q + m
+  kQ8_0,  // 32 elements: f16 scale d, 32 int8 q; x = d * q
+  kQ4_K,  // 256 elements, 144 bytes (llama.cpp k-quants)
+  kQ6_K,  // 256 elements, 210 bytes
+  kI32,
+  kI64,
+};
+
+std::string_view dtype_name(DType t);
+int64_t dtype_block_size(DType t);   // elements per block (1 for plain types)
+int64_t dtype_block_bytes(DType t);  // bytes per block
+
+// A read-only view of one tensor inside a mapped checkpoint.
+// `shape` is row-major, outermost dimension first (the safetensors / PyTorch order): a linear
+// layer's weight is [out_features, in_features]. GGUF's ne[] order is reversed on load.
+struct TensorInfo {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  const uint8_t* data = nullptr;  // points into the mapped file; valid while the file lives
+  uint64_t nbytes = 0;
+
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+};
+
+}  // namespace hybridgen
