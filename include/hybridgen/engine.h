@@ -1,0 +1,90 @@
+// The public entry point: load a model, tokenize, generate with streaming, read stats.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "hybridgen/chat.h"
+#include "hybridgen/config.h"
+#include "hybridgen/error.h"
+
+namespace hybridgen {
+
+struct ModelInfo {
+  std::string architecture;  // "llama", "qwen2", "mistral", "opt"
+  std::string source;        // the path loaded (or "random weights of PATH")
+  int n_layers = 0, d_model = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, d_ff = 0;
+  int vocab_size = 0;
+  int n_ctx = 0;  // context size of this engine
+  int64_t n_params = 0;
+  uint64_t weight_bytes = 0;  // as held by the backend
+  std::string weight_format;  // "f32" or "bf16"
+  uint64_t kv_bytes_per_token = 0;
+};
+
+struct GenerationStats {
+  int n_prompt_tokens = 0;
+  double prefill_seconds = 0;
+  int n_generated = 0;
+  double decode_seconds = 0;  // decode forward passes + sampling, excluding prefill
+  double prefill_tokens_per_second() const {
+    return prefill_seconds > 0 ? n_prompt_tokens / prefill_seconds : 0;
+  }
+  double decode_tokens_per_second() const {
+    // The first generated token comes from the prefill's logits; decode steps = n - 1.
+    return decode_seconds > 0 && n_generated > 1 ? (n_generated - 1) / decode_seconds : 0;
+  }
+};
+
+struct GenerationResult {
+  std::vector<int32_t> tokens;  // generated ids (prompt excluded)
+  std::string text;             // their exact bytes
+  std::string stop_reason;      // "eog", "length" or "context"
+  GenerationStats stats;
+};
+
+// Streaming callback: receives complete UTF-8 text as it is generated; return false to stop.
+using StreamCallback = std::function<bool(std::string_view text)>;
+// Batch streaming: also says which prompt the text belongs to.
+using BatchStreamCallback = std::function<bool(int index, std::string_view text)>;
+
+class Engine {
+ public:
+  // Throws hybridgen::Error naming the file/field/flag on any bad input.
+  static std::unique_ptr<Engine> load(const LoadOptions& options);
+  ~Engine();
+
+  const ModelInfo& info() const;
+
+  bool has_tokenizer() const;
+  std::vector<int32_t> tokenize(std::string_view text, bool add_special = true,
+                                bool parse_special = true) const;
+  std::string detokenize(std::span<const int32_t> tokens) const;
+  std::string apply_chat_template(const std::vector<ChatMessage>& messages,
+                                  bool add_generation_prompt = true) const;
+  bool is_end_of_generation(int32_t token) const;
+
+  // Prefill the prompt, then decode. Throws if the prompt does not fit the context.
+  GenerationResult generate(std::span<const int32_t> prompt, const GenerateOptions& options,
+                            const StreamCallback& on_text = {});
+  // Independent prompts of different lengths, decoded together (one forward step per
+  // generated token for all live sequences). Requires prompts.size() <= max_sequences.
+  std::vector<GenerationResult> generate_batch(const std::vector<std::vector<int32_t>>& prompts,
+                                               const GenerateOptions& options,
+                                               const BatchStreamCallback& on_text = {});
+
+  // Teacher-forced evaluation: next-token logits after each prefix of `tokens`,
+  // [tokens.size(), vocab] row-major. Starts from an empty context.
+  std::vector<float> evaluate(std::span<const int32_t> tokens);
+
+ private:
+  Engine();
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace hybridgen

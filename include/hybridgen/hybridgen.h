@@ -1,0 +1,6 @@
+// Umbrella header of libhybridgen.
+#pragma once
+#include "hybridgen/chat.h"
+#include "hybridgen/config.h"
+#include "hybridgen/engine.h"
+#include "hybridgen/error.h"

@@ -1,0 +1,48 @@
+// y = x W^T (+ b): every projection of the model, through oneDNN's matmul (AMX/AVX-512 where
+// the CPU has them).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace hybridgen::cpu {
+
+enum class WeightType { kF32, kBF16 };
+
+class Linear {
+ public:
+  Linear();
+  // weight: [out_features, in_features] row-major float32; bias: [out_features] or empty.
+  Linear(int out_features, int in_features, std::vector<float> weight, std::vector<float> bias,
+         WeightType type);
+  Linear(Linear&&) noexcept;
+  Linear& operator=(Linear&&) noexcept;
+  ~Linear();
+
+  // x: [m, in_features] float32 -> y: [m, out_features] float32 (overwritten).
+  void forward(const float* x, float* y, int m) const;
+
+  int out_features() const { return out_; }
+  int in_features() const { return in_; }
+  WeightType type() const { return type_; }
+  uint64_t weight_bytes() const;
+  bool has_bias() const { return !bias_.empty(); }
+  // The stored weight converted back to float32 row `r` (tests and reference paths).
+  std::vector<float> weight_row(int r) const;
+
+ private:
+  struct Impl;
+  int out_ = 0, in_ = 0;
+  WeightType type_ = WeightType::kF32;
+  std::vector<float> weight_f32_;      // [out, in] when type_ == kF32
+  std::vector<uint16_t> weight_bf16_;  // [out, in] when type_ == kBF16
+  std::vector<float> bias_;            // [out]
+  std::unique_ptr<Impl> impl_;         // cached oneDNN primitives, keyed by m
+};
+
+// Fuses several projections that read the same input into one GEMM (Q|K|V, gate|up): rows are
+// concatenated in the order given.
+Linear concat_rows(int in_features, std::vector<std::vector<float>> weights,
+                   std::vector<std::vector<float>> biases, std::vector<int> outs, WeightType type);
+
+}  // namespace hybridgen::cpu

@@ -1,0 +1,164 @@
+#include "model/model_loader.h"
+
+#include "util/log.h"
+
+#include <filesystem>
+
+#include "model/dequant.h"
+#include "model/gguf.h"
+#include "model/safetensors.h"
+#include "util/check.h"
+
+namespace hybridgen {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+// Reads one checkpoint tensor into float32, checking its shape.
+std::vector<float> to_f32(const TensorInfo& t, const std::vector<int64_t>& shape,
+                          const std::string& file) {
+  HG_CHECK(t.shape == shape, file + ": tensor '" + t.name + "' has shape " + shape_str(t.shape) +
+                                 ", expected " + shape_str(shape));
+  HG_CHECK(t.dtype != DType::kI32 && t.dtype != DType::kI64,
+           file + ": tensor '" + t.name + "' has integer dtype " +
+               std::string(dtype_name(t.dtype)) + ", expected a floating-point or quantized type");
+  std::vector<float> out(t.numel());
+  dequantize(t.dtype, t.data, out.data(), t.numel());
+  return out;
+}
+
+class SafetensorsSource : public TensorSource {
+ public:
+  SafetensorsSource(std::unique_ptr<SafetensorsModel> m, std::string dir)
+      : model_(std::move(m)), dir_(std::move(dir)) {}
+  bool has(const std::string& name) const override { return model_->find(name) != nullptr; }
+  std::vector<float> load(const std::string& name,
+                          const std::vector<int64_t>& shape) const override {
+    const TensorInfo* t = model_->find(name);
+    HG_CHECK(t, dir_ + ": missing tensor '" + name + "' (expected shape " + shape_str(shape) + ")");
+    return to_f32(*t, shape, model_->file_of(name));
+  }
+  std::string describe() const override { return dir_; }
+
+ private:
+  std::unique_ptr<SafetensorsModel> model_;
+  std::string dir_;
+};
+
+class GgufSource : public TensorSource {
+ public:
+  explicit GgufSource(const GgufFile& g) : g_(g) {}
+  bool has(const std::string& name) const override { return g_.find(name) != nullptr; }
+  std::vector<float> load(const std::string& name,
+                          const std::vector<int64_t>& shape) const override {
+    const TensorInfo* t = g_.find(name);
+    HG_CHECK(t, g_.path() + ": missing tensor '" + name + "' (expected shape " + shape_str(shape) + ")");
+    return to_f32(*t, shape, g_.path());
+  }
+  std::string describe() const override { return g_.path(); }
+
+ private:
+  const GgufFile& g_;
+};
+
+GgufVocab gguf_vocab(const GgufFile& g) {
+  GgufVocab v;
+  v.model = g.get_string("tokenizer.ggml.model", "");
+  v.pre = g.get_string("tokenizer.ggml.pre", "default");
+  v.tokens = g.get_string_array("tokenizer.ggml.tokens");
+  if (g.get("tokenizer.ggml.token_type")) {
+    for (int64_t t : g.get_int_array("tokenizer.ggml.token_type"))
+      v.token_types.push_back(static_cast<int32_t>(t));
+  }
+  if (g.get("tokenizer.ggml.merges")) v.merges = g.get_string_array("tokenizer.ggml.merges");
+  auto id = [&](const char* key) {
+    return g.get(key) ? static_cast<int32_t>(g.get_uint(key)) : -1;
+  };
+  v.bos_id = id("tokenizer.ggml.bos_token_id");
+  v.eos_id = id("tokenizer.ggml.eos_token_id");
+  v.unk_id = id("tokenizer.ggml.unknown_token_id");
+  v.pad_id = id("tokenizer.ggml.padding_token_id");
+  v.add_bos = g.get_bool("tokenizer.ggml.add_bos_token", false);
+  v.chat_template = g.get_string("tokenizer.chat_template", "");
+  return v;
+}
+
+}  // namespace
+
+cpu::WeightType resolve_weight_type(const ModelConfig& c, WeightChoice choice) {
+  switch (choice) {
+    case WeightChoice::kF32: return cpu::WeightType::kF32;
+    case WeightChoice::kBF16: return cpu::WeightType::kBF16;
+    case WeightChoice::kAuto: break;
+  }
+  return c.n_params() > 2'000'000'000 ? cpu::WeightType::kBF16 : cpu::WeightType::kF32;
+}
+
+LoadedModel load_model(const std::string& path, bool use_random_weights, uint64_t seed,
+                       WeightChoice choice) {
+  LoadedModel m;
+  std::error_code ec;
+  HG_CHECK(fs::exists(path, ec), path + ": no such file or directory (the -m / --model flag)");
+
+  if (use_random_weights) {
+    const fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
+    const std::string config_path =
+        fs::is_directory(path) ? (dir / "config.json").string() : path;
+    m.config = parse_hf_config(config_path);
+    const cpu::WeightType type = resolve_weight_type(m.config, choice);
+    log().info("generating seeded random weights (seed {}) for {} ({:.2f} B parameters)", seed,
+                 config_path, m.config.n_params() / 1e9);
+    m.weights = random_weights(m.config, seed, type);
+    if (fs::exists(dir / "tokenizer.json", ec))
+      m.tokenizer = Tokenizer::from_hf_files((dir / "tokenizer.json").string(),
+                                             fs::exists(dir / "tokenizer_config.json", ec)
+                                                 ? (dir / "tokenizer_config.json").string()
+                                                 : std::string());
+    m.source = "random weights (seed " + std::to_string(seed) + ") of " + config_path;
+    return m;
+  }
+
+  if (fs::is_directory(path)) {
+    const fs::path dir(path);
+    m.config = parse_hf_config((dir / "config.json").string());
+    SafetensorsSource src(SafetensorsModel::open_dir(path), path);
+    m.weights = load_weights(m.config, src, Naming::kHuggingFace,
+                             resolve_weight_type(m.config, choice));
+    const fs::path tok = dir / "tokenizer.json";
+    const fs::path tok_cfg = dir / "tokenizer_config.json";
+    if (fs::exists(tok, ec))
+      m.tokenizer = Tokenizer::from_hf_files(tok.string(),
+                                             fs::exists(tok_cfg, ec) ? tok_cfg.string() : "");
+    else
+      log().warn("{}: no tokenizer.json; the model takes token ids only", path);
+    m.source = path;
+    return m;
+  }
+
+  // A file: GGUF (by its magic; GgufFile names the file if it is not one).
+  auto g = GgufFile::open(path);
+  m.config = parse_gguf_config(*g);
+  if (const TensorInfo* rf = g->find("rope_freqs.weight")) {
+    // Llama-3.1-style frequency scaling, stored by llama.cpp's converter as divisors.
+    m.config.rope_freq_factors = to_f32(*rf, {int64_t(m.config.rope_dim / 2)}, path);
+    m.config.validate(path);
+  }
+  GgufSource src(*g);
+  m.weights = load_weights(m.config, src, Naming::kGguf, resolve_weight_type(m.config, choice));
+  GgufVocab vocab = gguf_vocab(*g);
+  HG_CHECK(static_cast<int>(vocab.tokens.size()) <= m.config.vocab_size,
+           path + ": tokenizer.ggml.tokens has " + std::to_string(vocab.tokens.size()) +
+               " tokens but the embedding has only " + std::to_string(m.config.vocab_size) + " rows");
+  m.tokenizer = Tokenizer::from_gguf_vocab(vocab);
+  m.source = path;
+  return m;
+}
+
+}  // namespace hybridgen

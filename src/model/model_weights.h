@@ -1,0 +1,55 @@
+// A model's weights in the CPU backend's layout, loaded from an HF directory, a GGUF file, or
+// generated (seeded) for a preset config.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cpu/linear.h"
+#include "model/model_config.h"
+
+namespace hybridgen {
+
+struct LayerWeights {
+  std::vector<float> attn_norm, attn_norm_b;  // [d_model] (the _b only with LayerNorm)
+  cpu::Linear qkv;                            // [(n_heads + 2 n_kv_heads) * head_dim, d_model]
+  cpu::Linear out;                            // [d_model, n_heads * head_dim]
+  std::vector<float> ffn_norm, ffn_norm_b;    // [d_model]
+  cpu::Linear up;    // SwiGLU: gate|up fused [2 d_ff, d_model]; ReLU FFN: fc1 [d_ff, d_model]
+  cpu::Linear down;  // [d_model, d_ff]
+};
+
+struct ModelWeights {
+  std::vector<float> token_embedding;     // [vocab, d_model]
+  std::vector<float> position_embedding;  // [max_positions + position_offset, d_model] (OPT)
+  std::vector<float> final_norm, final_norm_b;  // [d_model]
+  cpu::Linear lm_head;                    // [vocab, d_model] (a copy when tied)
+  std::vector<LayerWeights> layers;
+  uint64_t bytes() const;
+};
+
+// A checkpoint's tensors by name, as float32, with shape checks: the loader asks for each
+// tensor by its name in the checkpoint's own naming scheme.
+class TensorSource {
+ public:
+  virtual ~TensorSource() = default;
+  virtual bool has(const std::string& name) const = 0;
+  // Throws naming the file and the tensor if it is missing or its shape is not `shape`.
+  virtual std::vector<float> load(const std::string& name,
+                                  const std::vector<int64_t>& shape) const = 0;
+  virtual std::string describe() const = 0;  // the file or directory, for messages
+};
+
+// Which checkpoint naming scheme the weights use.
+enum class Naming { kHuggingFace, kGguf };
+
+ModelWeights load_weights(const ModelConfig& config, const TensorSource& source, Naming naming,
+                          cpu::WeightType type);
+
+// Seeded random weights of the config's shapes (normal-like, std 0.02; norms 1; biases small):
+// deterministic for a given seed whatever the thread count.
+ModelWeights random_weights(const ModelConfig& config, uint64_t seed, cpu::WeightType type);
+
+}  // namespace hybridgen

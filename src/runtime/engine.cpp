@@ -1,0 +1,298 @@
+// Engine: the public API over the model loader, the transformer, the KV-cache manager, the
+// sampler and the tokenizer.
+#include "hybridgen/engine.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "model/model_loader.h"
+#include "runtime/sampler.h"
+#include "runtime/transformer.h"
+#include "util/check.h"
+#include "util/log.h"
+
+namespace hybridgen {
+
+namespace {
+// Prompt tokens per forward pass during prefill: bounds the activations' memory
+// ([chunk, 2 d_ff] floats) whatever the prompt length.
+constexpr int kPrefillChunk = 512;
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+struct Engine::Impl {
+  ModelInfo info;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<Transformer> model;
+  std::unique_ptr<kv::KvCacheManager> cache;
+  int max_sequences = 1;
+
+  const Tokenizer& tok() const {
+    HG_CHECK(tokenizer, info.source + ": this model has no tokenizer (random-weight presets "
+                                      "without tokenizer.json take token ids only)");
+    return *tokenizer;
+  }
+
+  // Feeds prompts[i] into sequence seqs[i], in chunks; returns each prompt's last logits
+  // [prompts.size(), vocab].
+  std::vector<float> prefill(const std::vector<std::span<const int32_t>>& prompts,
+                             const std::vector<int>& seqs) {
+    const int vocab = model->config().vocab_size;
+    std::vector<float> last(prompts.size() * size_t(vocab));
+    std::vector<float> logits;
+    Batch batch;
+    std::vector<int> owners;  // which prompt each logits row of the batch belongs to
+    auto flush = [&]() {
+      if (batch.size() == 0) return;
+      model->forward(batch, *cache, logits);
+      for (size_t r = 0; r < owners.size(); ++r)
+        std::copy_n(&logits[r * vocab], vocab, &last[size_t(owners[r]) * vocab]);
+      batch = Batch();
+      owners.clear();
+    };
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      for (size_t t = 0; t < prompts[i].size(); ++t) {
+        const bool is_last = t + 1 == prompts[i].size();
+        batch.add(prompts[i][t], seqs[i], is_last);
+        if (is_last) owners.push_back(static_cast<int>(i));
+        if (batch.size() == kPrefillChunk) flush();
+      }
+    }
+    flush();
+    return last;
+  }
+};
+
+Engine::Engine() : impl_(std::make_unique<Impl>()) {}
+Engine::~Engine() = default;
+
+std::unique_ptr<Engine> Engine::load(const LoadOptions& o) {
+  HG_CHECK(!o.model_path.empty(), "no model given (the -m / --model flag)");
+  HG_CHECK(o.n_ctx >= 0, "context size (-c / --ctx-size) must be >= 0, got " +
+                             std::to_string(o.n_ctx));
+  HG_CHECK(o.max_sequences >= 1 && o.max_sequences <= 1024,
+           "batch size must be in [1, 1024], got " + std::to_string(o.max_sequences));
+  HG_CHECK(o.n_threads >= 0, "threads (-t) must be >= 0, got " + std::to_string(o.n_threads));
+  if (o.n_threads > 0) omp_set_num_threads(o.n_threads);
+
+  std::unique_ptr<Engine> e(new Engine());
+  Impl& im = *e->impl_;
+  const auto t0 = std::chrono::steady_clock::now();
+  WeightChoice choice = o.weight_format == WeightFormat::kF32    ? WeightChoice::kF32
+                        : o.weight_format == WeightFormat::kBF16 ? WeightChoice::kBF16
+                                                                 : WeightChoice::kAuto;
+  LoadedModel m = load_model(o.model_path, o.random_weights, o.random_seed, choice);
+  const ModelConfig& c = m.config;
+  const int n_ctx = o.n_ctx > 0 ? o.n_ctx : std::min(c.max_positions, 4096);
+  if (c.learned_positions)
+    HG_CHECK(n_ctx <= c.max_positions,
+             "context size " + std::to_string(n_ctx) + " exceeds the model's " +
+                 std::to_string(c.max_positions) + " learned positions (lower -c)");
+
+  ModelInfo& info = im.info;
+  info.architecture = arch_name(c.arch);
+  info.source = m.source;
+  info.n_layers = c.n_layers;
+  info.d_model = c.d_model;
+  info.n_heads = c.n_heads;
+  info.n_kv_heads = c.n_kv_heads;
+  info.head_dim = c.head_dim;
+  info.d_ff = c.d_ff;
+  info.vocab_size = c.vocab_size;
+  info.n_ctx = n_ctx;
+  info.n_params = c.n_params();
+  info.weight_bytes = m.weights.bytes();
+  info.weight_format = m.weights.lm_head.type() == cpu::WeightType::kBF16 ? "bf16" : "f32";
+
+  im.tokenizer = std::move(m.tokenizer);
+  im.max_sequences = o.max_sequences;
+  im.cache = std::make_unique<kv::KvCacheManager>(
+      kv::KvShape{c.n_layers, c.n_kv_heads, c.head_dim}, n_ctx, o.max_sequences);
+  info.kv_bytes_per_token = im.cache->bytes_per_token();
+  im.model = std::make_unique<Transformer>(std::move(m.config), std::move(m.weights));
+  log().info("loaded {} ({}, {} layers, {:.1f} MB of {} weights) in {:.2f} s", info.source,
+             info.architecture, info.n_layers, info.weight_bytes / 1e6, info.weight_format,
+             seconds_since(t0));
+  return e;
+}
+
+const ModelInfo& Engine::info() const { return impl_->info; }
+bool Engine::has_tokenizer() const { return impl_->tokenizer != nullptr; }
+
+std::vector<int32_t> Engine::tokenize(std::string_view text, bool add_special,
+                                      bool parse_special) const {
+  return impl_->tok().encode(text, add_special, parse_special);
+}
+
+std::string Engine::detokenize(std::span<const int32_t> tokens) const {
+  return impl_->tok().decode(tokens);
+}
+
+std::string Engine::apply_chat_template(const std::vector<ChatMessage>& messages,
+                                        bool add_generation_prompt) const {
+  return impl_->tok().apply_chat_template(messages, add_generation_prompt);
+}
+
+bool Engine::is_end_of_generation(int32_t token) const {
+  if (impl_->tokenizer) return impl_->tokenizer->is_end_of_generation(token);
+  return token == impl_->model->config().eos_id;
+}
+
+GenerationResult Engine::generate(std::span<const int32_t> prompt, const GenerateOptions& options,
+                                  const StreamCallback& on_text) {
+  BatchStreamCallback cb;
+  if (on_text) cb = [&](int, std::string_view text) { return on_text(text); };
+  return std::move(generate_batch({std::vector<int32_t>(prompt.begin(), prompt.end())}, options,
+                                  cb)[0]);
+}
+
+std::vector<GenerationResult> Engine::generate_batch(
+    const std::vector<std::vector<int32_t>>& prompts, const GenerateOptions& options,
+    const BatchStreamCallback& on_text) {
+  Impl& im = *impl_;
+  const int n = static_cast<int>(prompts.size());
+  const int vocab = im.info.vocab_size;
+  options.sampling.validate();
+  HG_CHECK(n >= 1, "generate: no prompts");
+  HG_CHECK(n <= im.max_sequences, "generate: " + std::to_string(n) +
+                                      " prompts but the engine was loaded for a batch of " +
+                                      std::to_string(im.max_sequences) + " (raise the batch size)");
+  for (int i = 0; i < n; ++i) {
+    HG_CHECK(!prompts[i].empty(), "prompt " + std::to_string(i) + " is empty");
+    HG_CHECK(static_cast<int>(prompts[i].size()) < im.info.n_ctx,
+             "prompt " + std::to_string(i) + " has " + std::to_string(prompts[i].size()) +
+                 " tokens but the context size is " + std::to_string(im.info.n_ctx) +
+                 " (raise it with -c / --ctx-size, or shorten the prompt)");
+    for (int32_t t : prompts[i])
+      HG_CHECK(t >= 0 && t < vocab, "prompt " + std::to_string(i) + " has token id " +
+                                        std::to_string(t) + " outside the vocabulary");
+  }
+
+  std::vector<int> seqs(n);
+  for (int i = 0; i < n; ++i) seqs[i] = im.cache->open_sequence();
+  struct Live {
+    std::vector<int32_t> history;
+    Sampler sampler;
+    std::unique_ptr<StreamDecoder> stream;
+    bool done = false;
+  };
+  std::vector<Live> live;
+  std::vector<GenerationResult> results(n);
+  for (int i = 0; i < n; ++i) {
+    live.push_back(Live{prompts[i], Sampler(options.sampling),
+                        im.tokenizer ? std::make_unique<StreamDecoder>(*im.tokenizer) : nullptr});
+    results[i].stats.n_prompt_tokens = static_cast<int>(prompts[i].size());
+  }
+
+  auto close_all = [&]() {
+    for (int s : seqs) im.cache->close_sequence(s);
+  };
+  try {
+    auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::span<const int32_t>> spans(prompts.begin(), prompts.end());
+    std::vector<float> logits = im.prefill(spans, seqs);
+    const double prefill_s = seconds_since(t0);
+    for (auto& r : results) r.stats.prefill_seconds = prefill_s;
+
+    double decode_s = 0;
+    if (options.n_predict == 0)
+      for (int i = 0; i < n; ++i) {
+        live[i].done = true;
+        results[i].stop_reason = "length";
+      }
+    std::vector<int> rows(n);  // logits row of each live sequence in `logits`
+    for (int i = 0; i < n; ++i) rows[i] = i;
+    while (true) {
+      const auto ts = std::chrono::steady_clock::now();
+      Batch batch;
+      std::vector<int> owners;
+      for (int i = 0; i < n; ++i) {
+        if (live[i].done) continue;
+        const int32_t tok = live[i].sampler.sample(
+            std::span<const float>(&logits[size_t(rows[i]) * vocab], vocab), live[i].history);
+        live[i].history.push_back(tok);
+        GenerationResult& r = results[i];
+        r.tokens.push_back(tok);
+        const bool eog = options.stop_at_eog && is_end_of_generation(tok);
+        if (!eog && live[i].stream) {
+          std::string text = live[i].stream->push(tok);
+          r.text += text;
+          if (on_text && !text.empty() && !on_text(i, text)) live[i].done = true;
+        }
+        const int len = im.cache->length(seqs[i]);
+        if (eog) {
+          r.stop_reason = "eog";
+          live[i].done = true;
+        } else if (options.n_predict >= 0 && static_cast<int>(r.tokens.size()) >= options.n_predict) {
+          r.stop_reason = "length";
+          live[i].done = true;
+        } else if (len + 1 > im.info.n_ctx) {
+          r.stop_reason = "context";
+          live[i].done = true;
+        } else if (live[i].done) {
+          r.stop_reason = "callback";
+        }
+        if (live[i].done) {
+          if (live[i].stream) {
+            std::string rest = live[i].stream->flush();
+            r.text += rest;
+            if (on_text && !rest.empty()) on_text(i, rest);
+          }
+          continue;
+        }
+        batch.add(tok, seqs[i], true);
+        owners.push_back(i);
+      }
+      if (batch.size() == 0) {
+        decode_s += seconds_since(ts);
+        break;
+      }
+      im.model->forward(batch, *im.cache, logits);
+      for (size_t r = 0; r < owners.size(); ++r) rows[owners[r]] = static_cast<int>(r);
+      decode_s += seconds_since(ts);
+    }
+    for (auto& r : results) {
+      r.stats.n_generated = static_cast<int>(r.tokens.size());
+      r.stats.decode_seconds = decode_s;
+      if (!im.tokenizer) r.text.clear();
+    }
+  } catch (...) {
+    close_all();
+    throw;
+  }
+  close_all();
+  return results;
+}
+
+std::vector<float> Engine::evaluate(std::span<const int32_t> tokens) {
+  Impl& im = *impl_;
+  HG_CHECK(!tokens.empty(), "evaluate: no tokens");
+  HG_CHECK(static_cast<int>(tokens.size()) <= im.info.n_ctx,
+           "evaluate: " + std::to_string(tokens.size()) + " tokens exceed the context size " +
+               std::to_string(im.info.n_ctx) + " (raise -c)");
+  const int vocab = im.info.vocab_size;
+  std::vector<float> all(tokens.size() * size_t(vocab));
+  const int seq = im.cache->open_sequence();
+  try {
+    std::vector<float> logits;
+    for (size_t begin = 0; begin < tokens.size(); begin += kPrefillChunk) {
+      const size_t end = std::min(tokens.size(), begin + kPrefillChunk);
+      Batch batch;
+      for (size_t t = begin; t < end; ++t) batch.add(tokens[t], seq, true);
+      im.model->forward(batch, *im.cache, logits);
+      std::copy(logits.begin(), logits.end(), all.begin() + begin * vocab);
+    }
+  } catch (...) {
+    im.cache->close_sequence(seq);
+    throw;
+  }
+  im.cache->close_sequence(seq);
+  return all;
+}
+
+}  // namespace hybridgen

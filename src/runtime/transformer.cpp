@@ -1,0 +1,125 @@
+#include "runtime/transformer.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "cpu/ops.h"
+#include "util/check.h"
+
+namespace hybridgen {
+
+Transformer::Transformer(ModelConfig config, ModelWeights weights)
+    : config_(std::move(config)), weights_(std::move(weights)) {
+  if (!config_.learned_positions) inv_freq_ = config_.rope_inv_freq();
+}
+
+void Transformer::norm(const float* x, const std::vector<float>& w, const std::vector<float>& b,
+                       int n, float* out) const {
+  if (config_.layer_norm)
+    cpu::layer_norm(x, w.data(), b.data(), n, config_.d_model, config_.norm_eps, out);
+  else
+    cpu::rms_norm(x, w.data(), n, config_.d_model, config_.norm_eps, out);
+}
+
+void Transformer::forward(const Batch& batch, kv::KvCacheManager& cache,
+                          std::vector<float>& logits) {
+  const ModelConfig& c = config_;
+  const int n = batch.size();
+  HG_CHECK(n > 0, "forward: empty batch");
+  const int d = c.d_model, hd = c.head_dim;
+  const int q_w = c.n_heads * hd, kv_w = c.n_kv_heads * hd, qkv_w = q_w + 2 * kv_w;
+  const int ffn_w = c.relu_ffn ? c.d_ff : 2 * c.d_ff;
+  auto dump = [&](const char* name, int il, const float* data, int rows, int width) {
+    if (callback_) callback_(name, il, data, rows, width);
+  };
+
+  for (int t = 0; t < n; ++t)
+    HG_CHECK(batch.tokens[t] >= 0 && batch.tokens[t] < c.vocab_size,
+             "token id " + std::to_string(batch.tokens[t]) + " is outside the vocabulary (" +
+                 std::to_string(c.vocab_size) + " tokens)");
+  // Positions: each token goes at the end of its sequence.
+  std::vector<int32_t> pos(n);
+  for (int t = 0; t < n; ++t) pos[t] = cache.reserve(batch.seq[t], 1);
+
+  std::vector<float> x(size_t(n) * d);      // [n, d] residual stream
+  std::vector<float> h(size_t(n) * d);      // [n, d] normed input / projection output
+  std::vector<float> qkv(size_t(n) * qkv_w);  // [n, q | k | v]
+  std::vector<float> q(size_t(n) * q_w);    // [n, n_heads, head_dim]
+  std::vector<float> k(size_t(n) * kv_w);   // [n, n_kv_heads, head_dim]
+  std::vector<float> v(size_t(n) * kv_w);   // [n, n_kv_heads, head_dim]
+  std::vector<float> att(size_t(n) * q_w);  // [n, n_heads, head_dim]
+  std::vector<float> ffn(size_t(n) * ffn_w);  // [n, 2 d_ff] (gate | up) or [n, d_ff]
+  std::vector<float> act(size_t(n) * c.d_ff);  // [n, d_ff]
+
+  cpu::embedding(weights_.token_embedding.data(), batch.tokens.data(), n, d, x.data());
+  if (c.learned_positions) {
+    for (int t = 0; t < n; ++t) {
+      const int64_t p = int64_t(pos[t]) + c.position_offset;
+      HG_CHECK(pos[t] < c.max_positions,
+               "position " + std::to_string(pos[t]) + " is past the model's " +
+                   std::to_string(c.max_positions) + " learned positions");
+      const float* pe = weights_.position_embedding.data() + p * d;
+      for (int i = 0; i < d; ++i) x[size_t(t) * d + i] += pe[i];
+    }
+  }
+  dump("inp_embd", -1, x.data(), n, d);
+
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  for (int il = 0; il < c.n_layers; ++il) {
+    const LayerWeights& L = weights_.layers[il];
+    // --- attention block ---
+    norm(x.data(), L.attn_norm, L.attn_norm_b, n, h.data());
+    dump("attn_norm", il, h.data(), n, d);
+    L.qkv.forward(h.data(), qkv.data(), n);
+    for (int t = 0; t < n; ++t) {
+      const float* row = qkv.data() + size_t(t) * qkv_w;
+      std::memcpy(&q[size_t(t) * q_w], row, sizeof(float) * q_w);
+      std::memcpy(&k[size_t(t) * kv_w], row + q_w, sizeof(float) * kv_w);
+      std::memcpy(&v[size_t(t) * kv_w], row + q_w + kv_w, sizeof(float) * kv_w);
+    }
+    if (!c.learned_positions) {
+      const bool neox = c.rope_style == RopeStyle::kNeox;
+      cpu::rope(q.data(), n, c.n_heads, hd, c.rope_dim, pos.data(), inv_freq_.data(), neox);
+      cpu::rope(k.data(), n, c.n_kv_heads, hd, c.rope_dim, pos.data(), inv_freq_.data(), neox);
+    }
+    dump("q", il, q.data(), n, q_w);
+    dump("k", il, k.data(), n, kv_w);
+    dump("v", il, v.data(), n, kv_w);
+    for (int t = 0; t < n; ++t)
+      cache.write(batch.seq[t], il, pos[t], &k[size_t(t) * kv_w], &v[size_t(t) * kv_w]);
+    cpu::attention(q.data(), n, c.n_heads, hd, batch.seq.data(), pos.data(), cache, il, scale,
+                   c.sliding_window, att.data());
+    dump("attn_out", il, att.data(), n, q_w);
+    L.out.forward(att.data(), h.data(), n);
+    cpu::add(x.data(), h.data(), int64_t(n) * d);
+
+    // --- feed-forward block ---
+    norm(x.data(), L.ffn_norm, L.ffn_norm_b, n, h.data());
+    dump("ffn_norm", il, h.data(), n, d);
+    L.up.forward(h.data(), ffn.data(), n);
+    if (c.relu_ffn) {
+      cpu::relu(ffn.data(), int64_t(n) * c.d_ff);
+      L.down.forward(ffn.data(), h.data(), n);
+    } else {
+      cpu::swiglu(ffn.data(), n, c.d_ff, act.data());
+      L.down.forward(act.data(), h.data(), n);
+    }
+    cpu::add(x.data(), h.data(), int64_t(n) * d);
+    dump("l_out", il, x.data(), n, d);
+  }
+
+  // --- head: only the rows that want logits ---
+  std::vector<int> rows;
+  for (int t = 0; t < n; ++t)
+    if (batch.want_logits[t]) rows.push_back(t);
+  logits.assign(rows.size() * size_t(c.vocab_size), 0.f);
+  if (rows.empty()) return;
+  std::vector<float> last(rows.size() * size_t(d));  // [n_out, d]
+  for (size_t r = 0; r < rows.size(); ++r)
+    std::memcpy(&last[r * d], &x[size_t(rows[r]) * d], sizeof(float) * d);
+  norm(last.data(), weights_.final_norm, weights_.final_norm_b, int(rows.size()), last.data());
+  dump("result_norm", -1, last.data(), int(rows.size()), d);
+  weights_.lm_head.forward(last.data(), logits.data(), int(rows.size()));
+}
+
+}  // namespace hybridgen
