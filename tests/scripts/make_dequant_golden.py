@@ -18,6 +18,9 @@ Outputs (all small, committed):
   smollm2_golden.json     metadata and dequantized rows of SmolLM2-135M-Instruct.Q4_1.gguf
                           (only when that model file is given or found)
 
+Reruns reproduce every file byte for byte (fixed seeds), except that the safetensors package
+may write the two "__metadata__" entries of single/model.safetensors in either order.
+
 Usage: python3 tests/scripts/make_dequant_golden.py [--model PATH/SmolLM2-135M-Instruct.Q4_1.gguf]
 """
 import argparse
