@@ -38,6 +38,8 @@ struct LoadOptions {
   int max_sequences = 1;  // sequences decoded together (batch)
   int n_threads = 0;      // CPU threads; 0: all cores
   WeightFormat weight_format = WeightFormat::kAuto;
+  // Where the model runs: "cpu" (the reference backend) or "cuda" (all layers on the GPU).
+  std::string device = "cpu";
 };
 
 struct GenerateOptions {

@@ -27,6 +27,10 @@ class Linear {
   WeightType type() const { return type_; }
   uint64_t weight_bytes() const;
   bool has_bias() const { return !bias_.empty(); }
+  // Raw storage for other backends to upload: [out, in] row-major, one of the two is empty.
+  const std::vector<float>& weight_f32() const { return weight_f32_; }
+  const std::vector<uint16_t>& weight_bf16() const { return weight_bf16_; }
+  const std::vector<float>& bias() const { return bias_; }  // [out] or empty
   // The stored weight converted back to float32 row `r` (tests and reference paths).
   std::vector<float> weight_row(int r) const;
 

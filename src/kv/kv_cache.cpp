@@ -24,12 +24,6 @@ int KvCacheManager::open_sequence() {
   for (size_t i = 0; i < seqs_.size(); ++i) {
     Sequence& s = seqs_[i];
     if (s.open) continue;
-    const size_t n = static_cast<size_t>(shape_.n_layers) * layer_stride();
-    // Allocated on first use and kept for reuse; never read before written (length gates it).
-    if (s.k.size() != n) {
-      s.k.assign(n, 0.f);
-      s.v.assign(n, 0.f);
-    }
     s.open = true;
     s.length = 0;
     return static_cast<int>(i);
@@ -58,6 +52,13 @@ int KvCacheManager::reserve(int seq, int n) {
 
 void KvCacheManager::write(int seq, int layer, int pos, const float* k, const float* v) {
   Sequence& s = seqs_[seq];
+  if (s.k.empty()) {
+    // Host storage is allocated on the first write (a backend that keeps K/V in its own
+    // memory uses the manager for positions and placement only) and kept for reuse.
+    const size_t n = static_cast<size_t>(shape_.n_layers) * layer_stride();
+    s.k.assign(n, 0.f);
+    s.v.assign(n, 0.f);
+  }
   const int64_t base = layer * layer_stride();
   for (int h = 0; h < shape_.n_kv_heads; ++h) {
     const int64_t off = base + (static_cast<int64_t>(h) * capacity_ + pos) * shape_.head_dim;

@@ -28,7 +28,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 struct Engine::Impl {
   ModelInfo info;
   std::unique_ptr<Tokenizer> tokenizer;
-  std::unique_ptr<Transformer> model;
+  std::unique_ptr<Backend> model;
   std::unique_ptr<kv::KvCacheManager> cache;
   int max_sequences = 1;
 
@@ -114,10 +114,16 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& o) {
   im.cache = std::make_unique<kv::KvCacheManager>(
       kv::KvShape{c.n_layers, c.n_kv_heads, c.head_dim}, n_ctx, o.max_sequences);
   info.kv_bytes_per_token = im.cache->bytes_per_token();
-  im.model = std::make_unique<Transformer>(std::move(m.config), std::move(m.weights));
-  log().info("loaded {} ({}, {} layers, {:.1f} MB of {} weights) in {:.2f} s", info.source,
-             info.architecture, info.n_layers, info.weight_bytes / 1e6, info.weight_format,
-             seconds_since(t0));
+  if (o.device == "cpu") {
+    im.model = std::make_unique<Transformer>(std::move(m.config), std::move(m.weights));
+  } else if (o.device == "cuda") {
+    im.model = make_cuda_backend(m.config, m.weights, n_ctx, o.max_sequences);
+  } else {
+    fail("unknown device '" + o.device + "' (the --device flag: cpu or cuda)");
+  }
+  log().info("loaded {} ({}, {} layers, {:.1f} MB of {} weights) on {} in {:.2f} s",
+             info.source, info.architecture, info.n_layers, info.weight_bytes / 1e6,
+             info.weight_format, im.model->name(), seconds_since(t0));
   return e;
 }
 

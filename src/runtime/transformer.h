@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kv/kv_cache.h"
+#include "runtime/backend.h"
 #include "model/model_config.h"
 #include "model/model_weights.h"
 
@@ -33,16 +34,17 @@ struct Batch {
 using TensorCallback =
     std::function<void(const char* name, int il, const float* data, int n, int width)>;
 
-class Transformer {
+class Transformer : public Backend {
  public:
   Transformer(ModelConfig config, ModelWeights weights);
 
   // Runs the batch through all layers, appending K/V to `cache`. logits (resized):
   // [number of tokens with want_logits, vocab], in batch order.
   // Throws if a token id is outside the vocabulary or a sequence's context is full.
-  void forward(const Batch& batch, kv::KvCacheManager& cache, std::vector<float>& logits);
+  void forward(const Batch& batch, kv::KvCacheManager& cache, std::vector<float>& logits) override;
 
-  const ModelConfig& config() const { return config_; }
+  const ModelConfig& config() const override { return config_; }
+  std::string name() const override { return "cpu"; }
   const ModelWeights& weights() const { return weights_; }
   void set_tensor_callback(TensorCallback cb) { callback_ = std::move(cb); }
 

@@ -72,8 +72,10 @@ def make_tiny():
         for f in os.listdir(d):  # keep only what the engine reads
             if f == "generation_config.json":
                 os.remove(os.path.join(d, f))
-        # Reference in float32 on the stored (rounded) weights.
-        ref = model.to(torch.float32).eval()
+        # Reference: transformers loading the saved files in float32, as a user would (casting
+        # the in-memory model instead would also round its rotary inv_freq buffer to bf16).
+        ref = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32,
+                                                   attn_implementation="eager").eval()
         g = torch.Generator().manual_seed(7)
         ids = torch.randint(0, config.vocab_size, (1, N_TOKENS), generator=g)
         with torch.no_grad():

@@ -40,8 +40,8 @@ class DefaultModel : public ::testing::Test {
 hybridgen::Engine* DefaultModel::engine_ = nullptr;
 
 // Tolerance: transformers dequantizes the same Q4_1/Q8_0 blocks to float32 and runs in float32;
-// only summation order differs, so logits (magnitude ~10-30) agree to a few 1e-3.
-constexpr double kLogitTolerance = 0.01;
+// only summation order differs: measured max error 6.7e-5 on logits of magnitude ~10-30.
+constexpr double kLogitTolerance = 2e-3;
 
 TEST_F(DefaultModel, LogitsMatchTransformersOnTheGguf) {
   std::ifstream in(std::string(HYBRIDGEN_TEST_DATA_DIR) + "/models/smollm2_reference.json");

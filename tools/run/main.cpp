@@ -73,6 +73,9 @@ int main(int argc, char** argv) {
   app.add_option("--weight-format", weight_format, "weights for the CPU GEMMs: auto, f32, bf16")
       ->check(CLI::IsMember({"auto", "f32", "bf16"}))
       ->capture_default_str();
+  app.add_option("--device", load.device, "where the model runs: cpu or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   app.add_flag("--ignore-eos", [&](int64_t) { gen.stop_at_eog = false; },
                "keep generating past end-of-generation tokens");
   app.add_flag("--show-prompt", show_prompt, "print the prompt before the generated text");
