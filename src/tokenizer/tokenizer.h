@@ -1,5 +1,32 @@
 // Byte-level BPE tokenizer (GPT-2 family: SmolLM, Llama-3, Qwen2, OPT), built from an HF
 // tokenizer.json or from GGUF metadata, plus the chat templates of these families.
+//
+// Ids equal HF `tokenizers`' encode(text).ids (tests/unit/tokenizer_test.cpp compares them on
+// a 68-text corpus for real SmolLM2, Llama-3.2 and Qwen2 tokenizers and synthetic configs).
+// What is supported from tokenizer.json:
+//   model: BPE with byte-level symbols; merges as "a b" strings or ["a", "b"] pairs;
+//     ignore_merges; unk_token/fuse_unk. Not: dropout, byte_fallback, subword prefix/suffix.
+//   added_tokens: special, lstrip, rstrip, single_word, normalized, as HF matches them
+//     (leftmost-longest; normalized ones on the normalized text). The stored ids are used.
+//   normalizer: null, NFC (own tables, Unicode 14 from Python's unicodedata; HF may use a
+//     newer Unicode version, which only matters for characters assigned since), Sequence.
+//   pre_tokenizer: ByteLevel (add_prefix_space, use_regex = GPT-2's regex), Split (Regex or
+//     String pattern, every behavior, invert), Digits, Sequence; regexes run in PCRE2
+//     (UTF + UCP, JIT).
+//   post_processor: TemplateProcessing, ByteLevel, RobertaProcessing, BertProcessing, Sequence.
+//   decoder: ByteLevel (or none), Sequence of ByteLevel.
+// tokenizer_config.json: bos_token/eos_token (string, {"content": ...} or null: no token),
+//   add_bos_token (overrides whether the post-processor's BOS is added, as transformers'
+//   Llama tokenizers do), chat_template (string, or a list of {name, template}: "default",
+//   else the first). Without a config, bos is the post-processor's single prefix token or an
+//   added token named <|begin_of_text|>/<s>/...; eos an added token named <|end_of_text|>,
+//   <|endoftext|>, </s>, ...
+// GGUF (tokenizer.ggml.*): model "gpt2"; pre "smollm" (digits split, then GPT-2's regex),
+//   "llama-bpe"/"llama3" (Llama-3 regex, ignore_merges as llama.cpp sets it), "qwen2" (Qwen2
+//   regex, plus NFC as Qwen2's tokenizer.json does; llama.cpp skips NFC), "gpt-2", "default"
+//   (llama.cpp's default regexes) and llama.cpp's aliases of these. Control tokens (type 3)
+//   are special added tokens, user-defined ones (type 4) plain added tokens.
+// Thread-safety: every const method may be called from several threads at once.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -47,8 +74,10 @@ class Tokenizer {
                                       bool parse_special = true) const = 0;
 
   // ids -> the exact bytes (special tokens rendered as their text unless skip_special).
+  // Ids that name no token (negative, past vocab_size(), or a gap in the vocabulary) decode to
+  // nothing, as HF's decode skips them.
   virtual std::string decode(std::span<const int32_t> ids, bool skip_special = false) const = 0;
-  // One token's bytes (may be an incomplete UTF-8 sequence).
+  // One token's bytes (may be an incomplete UTF-8 sequence; empty for an id naming no token).
   virtual std::string token_bytes(int32_t id) const = 0;
 
   virtual int32_t vocab_size() const = 0;
@@ -59,13 +88,19 @@ class Tokenizer {
 
   // Renders a conversation with the model's chat template. The family (ChatML, Llama-3) is
   // chosen from the template text found in the metadata; throws if there is none we know.
+  // What is rendered, and what is not (tools), is listed in tokenizer/chat_template.h. The
+  // text carries the BOS token where the template writes it (Llama-3): encode it with
+  // add_special = false, as transformers' apply_chat_template(tokenize=True) does.
+  // True when the metadata has a chat template of a family we render (an unknown template
+  // counts as none; apply_chat_template then throws saying so).
   virtual bool has_chat_template() const = 0;
   virtual std::string apply_chat_template(const std::vector<ChatMessage>& messages,
                                           bool add_generation_prompt = true) const = 0;
 };
 
 // Streaming detokenizer: feeds tokens, returns only complete UTF-8 text, holding back a
-// trailing incomplete sequence until the next token completes it (or flush()).
+// trailing incomplete sequence until the next token completes it (or flush()). Bytes that can
+// never become valid UTF-8 (e.g. a lone continuation byte) are passed through as they are.
 class StreamDecoder {
  public:
   explicit StreamDecoder(const Tokenizer& tokenizer) : tokenizer_(tokenizer) {}

@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
   hybridgen::GenerateOptions gen;
   std::string prompt, prompt_file, system_prompt, log_level, weight_format = "auto";
   bool chat = false, verbose = false, show_prompt = false;
-  int batch = 1;
+  int batch = 1, n_prompt = 0;
   load.model_path = default_model_path();
 
   app.add_option("-m,--model", load.model_path, "HF model directory or .gguf file")
@@ -54,6 +54,10 @@ int main(int argc, char** argv) {
   app.add_option("-b,--batch", batch, "run the prompt as this many independent sequences")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
+  app.add_option("--n-prompt", n_prompt,
+                 "a seeded random prompt of this many token ids (models without a tokenizer, "
+                 "benchmarks)")
+      ->check(CLI::NonNegativeNumber);
   app.add_flag("--chat", chat, "wrap the prompt in the model's chat template");
   app.add_option("--system", system_prompt, "system message for --chat");
   app.add_option("--temp", gen.sampling.temperature, "temperature (0: greedy)")
@@ -116,7 +120,16 @@ int main(int argc, char** argv) {
     }
 
     std::vector<int32_t> tokens;
-    if (engine->has_tokenizer()) {
+    if (n_prompt > 0) {
+      if (!prompt.empty() || chat) throw hybridgen::Error("--n-prompt replaces -p/-f/--chat");
+      uint64_t x = gen.sampling.seed;
+      for (int i = 0; i < n_prompt; ++i) {  // splitmix64: reproducible ids for benchmarks
+        x += 0x9E3779B97F4A7C15ull;
+        uint64_t z = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        tokens.push_back(static_cast<int32_t>((z ^ (z >> 31)) % info.vocab_size));
+      }
+    } else if (engine->has_tokenizer()) {
       std::string text = prompt;
       if (chat) {
         std::vector<hybridgen::ChatMessage> msgs;
@@ -129,8 +142,8 @@ int main(int argc, char** argv) {
       tokens = engine->tokenize(text, !chat, true);
       if (show_prompt) std::fwrite(text.data(), 1, text.size(), stdout);
     } else {
-      throw hybridgen::Error(info.source + " has no tokenizer; put a tokenizer.json beside the "
-                                           "config to generate text");
+      throw hybridgen::Error(info.source + " has no tokenizer: put a tokenizer.json beside the "
+                                           "config, or give --n-prompt N for random token ids");
     }
     if (verbose) std::fprintf(stderr, "prompt: %zu tokens\n", tokens.size());
 
@@ -152,11 +165,14 @@ int main(int argc, char** argv) {
     for (const auto& r : results) generated += r.stats.n_generated;
     std::fprintf(stderr,
                  "\nprefill: %d tokens x %d in %.3f s (%.2f tokens/s)\n"
-                 "decode: %d tokens in %.3f s (%.2f tokens/s, %d sequence(s)); stop: %s\n",
+                 "decode: %d tokens in %.3f s (%.2f tokens/s, %.2f ms/step, %d sequence(s)); "
+                 "stop: %s\n",
                  s.n_prompt_tokens, batch, s.prefill_seconds,
                  s.n_prompt_tokens * batch / std::max(s.prefill_seconds, 1e-9), generated,
                  s.decode_seconds,
-                 s.decode_seconds > 0 ? (generated - batch) / s.decode_seconds : 0.0, batch,
+                 s.decode_seconds > 0 ? (generated - batch) / s.decode_seconds : 0.0,
+                 generated > batch ? 1000.0 * s.decode_seconds / ((generated - batch) / batch) : 0.0,
+                 batch,
                  results[0].stop_reason.c_str());
   } catch (const hybridgen::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
