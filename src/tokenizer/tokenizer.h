@@ -8,8 +8,9 @@
 //     ignore_merges; unk_token/fuse_unk. Not: dropout, byte_fallback, subword prefix/suffix.
 //   added_tokens: special, lstrip, rstrip, single_word, normalized, as HF matches them
 //     (leftmost-longest; normalized ones on the normalized text). The stored ids are used.
-//   normalizer: null, NFC (own tables, Unicode 14 from Python's unicodedata; HF may use a
-//     newer Unicode version, which only matters for characters assigned since), Sequence.
+//   normalizer: null, NFC (own tables, Unicode 14 from Python's unicodedata; HF's tables may
+//     be of another Unicode version, which only matters for characters assigned in between),
+//     Sequence. Likewise \p{L}/\p{N} in the regexes follow PCRE2's Unicode tables.
 //   pre_tokenizer: ByteLevel (add_prefix_space, use_regex = GPT-2's regex), Split (Regex or
 //     String pattern, every behavior, invert), Digits, Sequence; regexes run in PCRE2
 //     (UTF + UCP, JIT).
