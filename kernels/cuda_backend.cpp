@@ -1,0 +1,507 @@
+// CudaBackend: the model's forward pass on one CUDA device, step by step as Transformer::forward
+// (src/runtime/transformer.cpp), with every op on the GPU (kernels/ops.cu) and the GEMMs in
+// cuBLAS (bf16 weights, float32 accumulation and output).
+//
+// Memory on the device:
+//  - weights: projections bf16 [out, in] (float32 checkpoints are rounded to bf16 on upload),
+//    biases, norms, the token embedding and OPT's position embedding float32;
+//  - the KV cache, float32, one buffer per sequence slot for K and one for V, each
+//    [n_layers][n_kv_heads, n_ctx, head_dim] (kv::KvCacheManager's layout). The backend takes
+//    positions from the KvCacheManager (cache.reserve(seq, 1) per token, exactly as the CPU
+//    backend) but never calls cache.write(): K/V live only here, so the manager allocates no host
+//    storage for them;
+//  - activations for up to max(512, max_sequences) tokens per forward call (the engine's prefill
+//    chunk), grown on demand; the residual stream and every activation are float32.
+// One forward call queues all its work on the backend's stream and synchronises once, when the
+// logits are copied back (or at its end if no token wants logits).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <initializer_list>
+#include <utility>
+
+#include "cuda_check.h"
+#include "model/dequant.h"
+#include "ops_api.h"
+#include "runtime/backend.h"
+#include "runtime/transformer.h"
+#include "util/check.h"
+#include "util/log.h"
+
+namespace hybridgen {
+
+namespace {
+
+constexpr int kMinTokenCapacity = 512;  // the engine's prefill chunk
+
+// Owns one cudaMalloc'd buffer.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(size_t bytes, const char* what) : p_(cuda::device_alloc(bytes, what)), bytes_(bytes) {}
+  ~DeviceBuffer() { cuda::device_free(p_); }
+  DeviceBuffer(DeviceBuffer&& o) noexcept
+      : p_(std::exchange(o.p_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      cuda::device_free(p_);
+      p_ = std::exchange(o.p_, nullptr);
+      bytes_ = std::exchange(o.bytes_, 0);
+    }
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(p_);
+  }
+  size_t bytes() const { return bytes_; }
+  bool empty() const { return p_ == nullptr; }
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+DeviceBuffer upload_f32(const std::vector<float>& v, const char* what) {
+  if (v.empty()) return {};
+  DeviceBuffer b(v.size() * sizeof(float), what);
+  cuda::copy_to_device(b.as<void>(), v.data(), v.size() * sizeof(float));
+  return b;
+}
+
+struct DeviceLinear {
+  DeviceBuffer w;     // [out, in] bf16
+  DeviceBuffer bias;  // [out] float32, or empty
+  int in = 0, out = 0;
+};
+
+DeviceLinear upload_linear(const cpu::Linear& L, const char* what) {
+  DeviceLinear d;
+  d.in = L.in_features();
+  d.out = L.out_features();
+  const size_t count = size_t(d.out) * d.in;
+  HG_CHECK(count > 0, std::string("CUDA backend: empty weight ") + what);
+  d.w = DeviceBuffer(count * sizeof(uint16_t), what);
+  if (!L.weight_bf16().empty()) {
+    HG_CHECK(L.weight_bf16().size() == count, std::string("CUDA backend: bad size of ") + what);
+    cuda::copy_to_device(d.w.as<void>(), L.weight_bf16().data(), count * sizeof(uint16_t));
+  } else {
+    const std::vector<float>& src = L.weight_f32();
+    HG_CHECK(src.size() == count, std::string("CUDA backend: bad size of ") + what);
+    // float32 -> bf16 (round to nearest even) on the host, in bounded chunks.
+    constexpr size_t kChunk = size_t(1) << 24;
+    std::vector<uint16_t> tmp(std::min(count, kChunk));
+    for (size_t off = 0; off < count; off += kChunk) {
+      const int64_t len = static_cast<int64_t>(std::min(kChunk, count - off));
+#pragma omp parallel for schedule(static) if (len > 65536)
+      for (int64_t i = 0; i < len; ++i) tmp[i] = f32_to_bf16(src[off + i]);
+      cuda::copy_to_device(d.w.as<uint16_t>() + off, tmp.data(), len * sizeof(uint16_t));
+    }
+  }
+  if (L.has_bias()) {
+    HG_CHECK(L.bias().size() == size_t(d.out), std::string("CUDA backend: bad bias of ") + what);
+    d.bias = upload_f32(L.bias(), what);
+  }
+  return d;
+}
+
+uint64_t linear_bytes(const cpu::Linear& L) {
+  return uint64_t(L.out_features()) * L.in_features() * 2 + L.bias().size() * 4;
+}
+
+struct DeviceLayer {
+  DeviceBuffer attn_norm, attn_norm_b, ffn_norm, ffn_norm_b;  // [d_model]
+  DeviceLinear qkv, out, up, down;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(const ModelConfig& config, const ModelWeights& weights, int n_ctx,
+              int max_sequences);
+  ~CudaBackend() override;
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  void forward(const Batch& batch, kv::KvCacheManager& cache, std::vector<float>& logits) override;
+  const ModelConfig& config() const override { return config_; }
+  std::string name() const override { return "cuda"; }
+
+ private:
+  // Activation buffers for `tokens` tokens per call (reallocated larger when needed).
+  void ensure_tokens(int tokens);
+  void ensure_logit_rows(int rows);
+  void norm(const float* x, const DeviceBuffer& w, const DeviceBuffer& b, int n, float* out);
+  void linear(const DeviceLinear& L, const float* x, float* y, int m);
+  uint64_t activation_bytes(int tokens) const;
+
+  // Owned CUDA objects first, so that they are destroyed after every buffer.
+  struct StreamOwner {
+    cudaStream_t s = nullptr;
+    ~StreamOwner() {
+      if (s) (void)cudaStreamDestroy(s);
+    }
+  } stream_;
+  struct BlasOwner {
+    cuda::BlasHandle h = nullptr;
+    ~BlasOwner() { cuda::blas_destroy(h); }
+  } blas_;
+
+  ModelConfig config_;
+  int device_ = 0;
+  int n_ctx_ = 0, max_sequences_ = 0;
+  int q_w_ = 0, kv_w_ = 0, qkv_w_ = 0, ffn_w_ = 0;
+
+  // Weights.
+  DeviceBuffer token_embedding_;     // [vocab, d]
+  DeviceBuffer position_embedding_;  // [max_positions + offset, d] (OPT) or empty
+  DeviceBuffer final_norm_, final_norm_b_;  // [d]
+  DeviceLinear lm_head_;             // [vocab, d]
+  std::vector<DeviceLayer> layers_;
+  DeviceBuffer inv_freq_;            // [rope_dim / 2] (RoPE models)
+
+  // KV cache: per slot [n_layers][n_kv_heads, n_ctx, head_dim] float32, and the device arrays of
+  // the slots' base pointers that the kernels index by sequence.
+  std::vector<DeviceBuffer> k_cache_, v_cache_;  // [max_sequences]
+  DeviceBuffer k_slots_, v_slots_;               // float*[max_sequences]
+
+  // Activations, for token_capacity_ tokens.
+  int token_capacity_ = 0;
+  DeviceBuffer x_;       // [cap, d] residual stream
+  DeviceBuffer h_;       // [cap, d] normed input / projection output
+  DeviceBuffer qkv_;     // [cap, q | k | v]
+  DeviceBuffer att_;     // [cap, n_heads, head_dim]
+  DeviceBuffer ffn_;     // [cap, 2 d_ff] (gate | up) or [cap, d_ff]
+  DeviceBuffer act_;     // [cap, d_ff]
+  DeviceBuffer last_;    // [cap, d] rows that want logits
+  DeviceBuffer x_bf16_;  // [cap, max(d, q_w, d_ff)] bf16 GEMM input
+  DeviceBuffer ints_;    // [4 cap] int32: tokens | seq | pos | logit rows
+  int logit_rows_ = 0;
+  DeviceBuffer logits_;  // [logit_rows_, vocab]
+  std::vector<int32_t> host_ints_;
+};
+
+CudaBackend::CudaBackend(const ModelConfig& c, const ModelWeights& w, int n_ctx,
+                         int max_sequences)
+    : config_(c), n_ctx_(n_ctx), max_sequences_(max_sequences) {
+  std::string why;
+  if (!cuda_available(&why)) fail("--device cuda: " + why);
+  HG_CHECK(n_ctx > 0 && max_sequences > 0, "CUDA backend: context size and batch must be positive");
+  HG_CHECK(c.n_heads > 0 && c.n_kv_heads > 0 && c.n_heads % c.n_kv_heads == 0,
+           "CUDA backend: n_heads must be a multiple of n_kv_heads");
+  HG_CHECK(c.head_dim > 0 && c.head_dim % 2 == 0 && c.head_dim <= cuda::kMaxHeadDim,
+           "CUDA backend: head_dim " + std::to_string(c.head_dim) +
+               " is not supported (even, at most " + std::to_string(cuda::kMaxHeadDim) +
+               "); use --device cpu");
+  HG_CHECK(w.layers.size() == size_t(c.n_layers), "CUDA backend: layer count mismatch");
+  if (!c.learned_positions)
+    HG_CHECK(c.rope_dim > 0 && c.rope_dim <= c.head_dim && c.rope_dim % 2 == 0,
+             "CUDA backend: bad rope dimension " + std::to_string(c.rope_dim));
+  const int d = c.d_model;
+  q_w_ = c.n_heads * c.head_dim;
+  kv_w_ = c.n_kv_heads * c.head_dim;
+  qkv_w_ = q_w_ + 2 * kv_w_;
+  ffn_w_ = c.relu_ffn ? c.d_ff : 2 * c.d_ff;
+
+  CUDA_CHECK(cudaGetDevice(&device_));
+  cudaDeviceProp prop{};
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
+
+  // What the device must hold, checked up front for a clear message.
+  uint64_t weight_bytes = 4 * (w.token_embedding.size() + w.position_embedding.size() +
+                               w.final_norm.size() + w.final_norm_b.size()) +
+                          linear_bytes(w.lm_head);
+  for (const LayerWeights& L : w.layers)
+    weight_bytes += 4 * (L.attn_norm.size() + L.attn_norm_b.size() + L.ffn_norm.size() +
+                         L.ffn_norm_b.size()) +
+                    linear_bytes(L.qkv) + linear_bytes(L.out) + linear_bytes(L.up) +
+                    linear_bytes(L.down);
+  const uint64_t kv_slot_bytes =
+      uint64_t(c.n_layers) * c.n_kv_heads * uint64_t(n_ctx) * c.head_dim * sizeof(float);
+  const uint64_t kv_bytes = 2 * kv_slot_bytes * uint64_t(max_sequences);
+  const int first_capacity = std::max(kMinTokenCapacity, max_sequences);
+  const uint64_t act_bytes = activation_bytes(first_capacity) +
+                             uint64_t(first_capacity) * c.vocab_size * sizeof(float);
+  const uint64_t need = weight_bytes + kv_bytes + act_bytes;
+  size_t free_b = 0, total_b = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  auto mib = [](uint64_t b) { return std::to_string((b + (1 << 20) - 1) >> 20) + " MiB"; };
+  if (need > free_b)
+    fail("--device cuda: the model needs " + mib(need) + " of GPU memory (weights " +
+         mib(weight_bytes) + " bf16, KV cache " + mib(kv_bytes) + " for " +
+         std::to_string(max_sequences) + " sequence(s) x " + std::to_string(n_ctx) +
+         " tokens, activations " + mib(act_bytes) + ") but " + std::string(prop.name) + " has " +
+         mib(free_b) + " free of " + mib(total_b) + ": " + cuda::kOomAdvice);
+
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream_.s, cudaStreamDefault));
+  blas_.h = cuda::blas_create(stream_.s);
+
+  // Weights.
+  HG_CHECK(w.token_embedding.size() == size_t(c.vocab_size) * d,
+           "CUDA backend: token embedding has the wrong size");
+  token_embedding_ = upload_f32(w.token_embedding, "the token embedding");
+  if (c.learned_positions) {
+    HG_CHECK(w.position_embedding.size() >= size_t(c.max_positions + c.position_offset) * d,
+             "CUDA backend: position embedding has the wrong size");
+    position_embedding_ = upload_f32(w.position_embedding, "the position embedding");
+  } else {
+    const std::vector<float> inv = c.rope_inv_freq();
+    HG_CHECK(inv.size() == size_t(c.rope_dim / 2), "CUDA backend: bad RoPE frequencies");
+    inv_freq_ = upload_f32(inv, "the RoPE frequencies");
+  }
+  auto check_norm = [&](const std::vector<float>& g, const std::vector<float>& b) {
+    HG_CHECK(g.size() == size_t(d), "CUDA backend: norm weight has the wrong size");
+    if (c.layer_norm) HG_CHECK(b.size() == size_t(d), "CUDA backend: LayerNorm needs a bias");
+  };
+  check_norm(w.final_norm, w.final_norm_b);
+  final_norm_ = upload_f32(w.final_norm, "the final norm");
+  if (c.layer_norm) final_norm_b_ = upload_f32(w.final_norm_b, "the final norm");
+  lm_head_ = upload_linear(w.lm_head, "the LM head");
+  HG_CHECK(lm_head_.in == d && lm_head_.out == c.vocab_size, "CUDA backend: bad LM head shape");
+  layers_.resize(c.n_layers);
+  for (int il = 0; il < c.n_layers; ++il) {
+    const LayerWeights& L = w.layers[il];
+    DeviceLayer& D = layers_[il];
+    check_norm(L.attn_norm, L.attn_norm_b);
+    check_norm(L.ffn_norm, L.ffn_norm_b);
+    D.attn_norm = upload_f32(L.attn_norm, "a layer norm");
+    D.ffn_norm = upload_f32(L.ffn_norm, "a layer norm");
+    if (c.layer_norm) {
+      D.attn_norm_b = upload_f32(L.attn_norm_b, "a layer norm");
+      D.ffn_norm_b = upload_f32(L.ffn_norm_b, "a layer norm");
+    }
+    D.qkv = upload_linear(L.qkv, "a QKV projection");
+    D.out = upload_linear(L.out, "an output projection");
+    D.up = upload_linear(L.up, "an FFN up projection");
+    D.down = upload_linear(L.down, "an FFN down projection");
+    HG_CHECK(D.qkv.in == d && D.qkv.out == qkv_w_ && D.out.in == q_w_ && D.out.out == d &&
+                 D.up.in == d && D.up.out == ffn_w_ && D.down.in == c.d_ff && D.down.out == d,
+             "CUDA backend: layer " + std::to_string(il) + " has unexpected projection shapes");
+  }
+
+  // KV cache: one K and one V buffer per sequence slot.
+  std::vector<float*> k_ptrs(max_sequences), v_ptrs(max_sequences);
+  for (int s = 0; s < max_sequences; ++s) {
+    k_cache_.emplace_back(kv_slot_bytes, "the KV cache (keys)");
+    v_cache_.emplace_back(kv_slot_bytes, "the KV cache (values)");
+    k_ptrs[s] = k_cache_.back().as<float>();
+    v_ptrs[s] = v_cache_.back().as<float>();
+  }
+  k_slots_ = DeviceBuffer(sizeof(float*) * max_sequences, "the KV cache slot table");
+  v_slots_ = DeviceBuffer(sizeof(float*) * max_sequences, "the KV cache slot table");
+  cuda::copy_to_device(k_slots_.as<void>(), k_ptrs.data(), sizeof(float*) * max_sequences);
+  cuda::copy_to_device(v_slots_.as<void>(), v_ptrs.data(), sizeof(float*) * max_sequences);
+
+  ensure_tokens(first_capacity);
+  // The uploads above went through the legacy default stream; finish them before any kernel.
+  cuda::device_synchronize();
+  log().info("CUDA backend on {} (sm_{}{}): weights {:.1f} MiB, KV cache {:.1f} MiB (float32, "
+             "{} x {} tokens), activations {:.1f} MiB",
+             prop.name, prop.major, prop.minor, weight_bytes / 1048576.0, kv_bytes / 1048576.0,
+             max_sequences, n_ctx, act_bytes / 1048576.0);
+}
+
+CudaBackend::~CudaBackend() {
+  // Let queued work finish before the buffers are freed (errors cannot be reported here).
+  if (stream_.s) (void)cudaStreamSynchronize(stream_.s);
+  (void)cudaGetLastError();
+}
+
+uint64_t CudaBackend::activation_bytes(int tokens) const {
+  const ModelConfig& c = config_;
+  const uint64_t t = uint64_t(tokens);
+  const uint64_t widest_in = std::max({c.d_model, q_w_, c.d_ff});
+  return 4 * t * (3 * uint64_t(c.d_model) + qkv_w_ + q_w_ + ffn_w_ + c.d_ff) +
+         2 * t * widest_in + 4 * 4 * t;
+}
+
+void CudaBackend::ensure_tokens(int tokens) {
+  if (tokens <= token_capacity_) return;
+  const ModelConfig& c = config_;
+  if (stream_.s) CUDA_CHECK(cudaStreamSynchronize(stream_.s));  // old buffers no longer in use
+  const int cap = std::max(tokens, token_capacity_ * 2);
+  const size_t t = size_t(cap);
+  const size_t widest_in = std::max({c.d_model, q_w_, c.d_ff});
+  // Free the old buffers first, so that old and new never need to fit together.
+  for (DeviceBuffer* b : {&x_, &h_, &qkv_, &att_, &ffn_, &act_, &last_, &x_bf16_, &ints_})
+    *b = DeviceBuffer();
+  token_capacity_ = 0;
+  x_ = DeviceBuffer(4 * t * c.d_model, "activations");
+  h_ = DeviceBuffer(4 * t * c.d_model, "activations");
+  qkv_ = DeviceBuffer(4 * t * qkv_w_, "activations");
+  att_ = DeviceBuffer(4 * t * q_w_, "activations");
+  ffn_ = DeviceBuffer(4 * t * ffn_w_, "activations");
+  if (!c.relu_ffn) act_ = DeviceBuffer(4 * t * c.d_ff, "activations");
+  last_ = DeviceBuffer(4 * t * c.d_model, "activations");
+  x_bf16_ = DeviceBuffer(2 * t * widest_in, "activations");
+  ints_ = DeviceBuffer(4 * 4 * t, "token indices");
+  token_capacity_ = cap;
+}
+
+void CudaBackend::ensure_logit_rows(int rows) {
+  if (rows <= logit_rows_) return;
+  if (stream_.s) CUDA_CHECK(cudaStreamSynchronize(stream_.s));
+  const int cap = std::max(rows, std::min(logit_rows_ * 2, token_capacity_));
+  logits_ = DeviceBuffer();
+  logit_rows_ = 0;
+  logits_ = DeviceBuffer(sizeof(float) * size_t(cap) * config_.vocab_size, "the logits");
+  logit_rows_ = cap;
+}
+
+void CudaBackend::norm(const float* x, const DeviceBuffer& w, const DeviceBuffer& b, int n,
+                       float* out) {
+  if (config_.layer_norm)
+    cuda::layer_norm(x, w.as<float>(), b.as<float>(), n, config_.d_model, config_.norm_eps, out,
+                     stream_.s);
+  else
+    cuda::rms_norm(x, w.as<float>(), n, config_.d_model, config_.norm_eps, out, stream_.s);
+}
+
+void CudaBackend::linear(const DeviceLinear& L, const float* x, float* y, int m) {
+  cuda::linear(blas_.h, L.w.as<uint16_t>(), L.bias.empty() ? nullptr : L.bias.as<float>(), x,
+               x_bf16_.as<uint16_t>(), y, m, L.in, L.out, stream_.s);
+}
+
+void CudaBackend::forward(const Batch& batch, kv::KvCacheManager& cache,
+                          std::vector<float>& logits) {
+  const ModelConfig& c = config_;
+  const int n = batch.size();
+  HG_CHECK(n > 0, "forward: empty batch");
+  HG_CHECK(batch.seq.size() == size_t(n) && batch.want_logits.size() == size_t(n),
+           "forward: malformed batch");
+  HG_CHECK(cache.capacity() <= n_ctx_ && cache.max_sequences() <= max_sequences_ &&
+               cache.shape().n_layers == c.n_layers && cache.shape().n_kv_heads == c.n_kv_heads &&
+               cache.shape().head_dim == c.head_dim,
+           "CUDA backend: the KV-cache manager's shape differs from the backend's device cache");
+  const int d = c.d_model, hd = c.head_dim;
+  for (int t = 0; t < n; ++t)
+    HG_CHECK(batch.tokens[t] >= 0 && batch.tokens[t] < c.vocab_size,
+             "token id " + std::to_string(batch.tokens[t]) + " is outside the vocabulary (" +
+                 std::to_string(c.vocab_size) + " tokens)");
+  // Positions: each token goes at the end of its sequence (the manager tracks lengths; the K/V
+  // themselves are appended to this backend's device cache below, never to cache.write()).
+  std::vector<int32_t> pos(n);
+  for (int t = 0; t < n; ++t) pos[t] = cache.reserve(batch.seq[t], 1);
+  if (c.learned_positions)
+    for (int t = 0; t < n; ++t)
+      HG_CHECK(pos[t] < c.max_positions,
+               "position " + std::to_string(pos[t]) + " is past the model's " +
+                   std::to_string(c.max_positions) + " learned positions");
+  std::vector<int32_t> rows;
+  for (int t = 0; t < n; ++t)
+    if (batch.want_logits[t]) rows.push_back(t);
+  const int n_out = static_cast<int>(rows.size());
+
+  CUDA_CHECK(cudaSetDevice(device_));
+  ensure_tokens(n);
+  if (n_out > 0) ensure_logit_rows(n_out);
+
+  // tokens | seq | pos | rows, in one copy.
+  host_ints_.resize(size_t(3) * n + n_out);
+  std::copy(batch.tokens.begin(), batch.tokens.end(), host_ints_.begin());
+  std::copy(batch.seq.begin(), batch.seq.end(), host_ints_.begin() + n);
+  std::copy(pos.begin(), pos.end(), host_ints_.begin() + 2 * n);
+  std::copy(rows.begin(), rows.end(), host_ints_.begin() + 3 * n);
+  int32_t* d_tokens = ints_.as<int32_t>();
+  int32_t* d_seq = d_tokens + n;
+  int32_t* d_pos = d_tokens + 2 * n;
+  int32_t* d_rows = d_tokens + 3 * n;
+  cudaStream_t s = stream_.s;
+  CUDA_CHECK(cudaMemcpyAsync(d_tokens, host_ints_.data(), sizeof(int32_t) * host_ints_.size(),
+                             cudaMemcpyHostToDevice, s));
+
+  float* x = x_.as<float>();      // [n, d]
+  float* h = h_.as<float>();      // [n, d]
+  float* qkv = qkv_.as<float>();  // [n, q | k | v]
+  float* att = att_.as<float>();  // [n, n_heads, head_dim]
+  float* ffn = ffn_.as<float>();  // [n, ffn_w]
+  float* act = act_.as<float>();  // [n, d_ff]
+  float* const* k_slots = k_slots_.as<float*>();
+  float* const* v_slots = v_slots_.as<float*>();
+
+  cuda::embedding(token_embedding_.as<float>(), d_tokens, n, d, x, s);
+  if (c.learned_positions)
+    cuda::add_positions(x, position_embedding_.as<float>(), d_pos, c.position_offset, n, d, s);
+
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const bool neox = c.rope_style == RopeStyle::kNeox;
+  for (int il = 0; il < c.n_layers; ++il) {
+    const DeviceLayer& L = layers_[il];
+    // --- attention block ---
+    norm(x, L.attn_norm, L.attn_norm_b, n, h);
+    linear(L.qkv, h, qkv, n);
+    float* q = qkv;               // row stride qkv_w_
+    float* k = qkv + q_w_;        // row stride qkv_w_
+    float* v = qkv + q_w_ + kv_w_;
+    if (!c.learned_positions) {
+      cuda::rope(q, qkv_w_, n, c.n_heads, hd, c.rope_dim, d_pos, inv_freq_.as<float>(), neox, s);
+      cuda::rope(k, qkv_w_, n, c.n_kv_heads, hd, c.rope_dim, d_pos, inv_freq_.as<float>(), neox,
+                 s);
+    }
+    cuda::kv_append(k, v, qkv_w_, n, c.n_kv_heads, hd, d_seq, d_pos, k_slots, v_slots, il, n_ctx_,
+                    s);
+    cuda::attention(q, qkv_w_, n, c.n_heads, c.n_kv_heads, hd, d_seq, d_pos, k_slots, v_slots, il,
+                    n_ctx_, scale, c.sliding_window, att, s);
+    linear(L.out, att, h, n);
+    cuda::add(x, h, int64_t(n) * d, s);
+
+    // --- feed-forward block ---
+    norm(x, L.ffn_norm, L.ffn_norm_b, n, h);
+    linear(L.up, h, ffn, n);
+    if (c.relu_ffn) {
+      cuda::relu(ffn, int64_t(n) * c.d_ff, s);
+      linear(L.down, ffn, h, n);
+    } else {
+      cuda::swiglu(ffn, n, c.d_ff, act, s);
+      linear(L.down, act, h, n);
+    }
+    cuda::add(x, h, int64_t(n) * d, s);
+  }
+
+  // --- head: only the rows that want logits ---
+  logits.assign(size_t(n_out) * c.vocab_size, 0.f);
+  if (n_out == 0) {
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    return;
+  }
+  float* last = last_.as<float>();  // [n_out, d]
+  cuda::gather_rows(x, d_rows, n_out, d, last, s);
+  norm(last, final_norm_, final_norm_b_, n_out, last);
+  linear(lm_head_, last, logits_.as<float>(), n_out);
+  CUDA_CHECK(cudaMemcpyAsync(logits.data(), logits_.as<float>(),
+                             sizeof(float) * size_t(n_out) * c.vocab_size, cudaMemcpyDeviceToHost,
+                             s));
+  CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+}  // namespace
+
+bool cuda_available(std::string* why) {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    if (why)
+      *why = std::string("no usable CUDA device (cudaGetDeviceCount: ") + cudaGetErrorName(e) +
+             ": " + cudaGetErrorString(e) + ")";
+    return false;
+  }
+  if (n <= 0) {
+    if (why) *why = "no CUDA device found";
+    return false;
+  }
+  if (!cuda::kernels_runnable(why)) return false;
+  if (why) why->clear();
+  return true;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& config, const ModelWeights& weights,
+                                           int n_ctx, int max_sequences) {
+  return std::make_unique<CudaBackend>(config, weights, n_ctx, max_sequences);
+}
+
+}  // namespace hybridgen
