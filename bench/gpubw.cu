@@ -17,7 +17,8 @@
     }                                                                                   \
   } while (0)
 
-static double median_ms(cudaEvent_t a, cudaEvent_t b, int reps, auto&& op) {
+template <typename Op>
+static double median_ms(cudaEvent_t a, cudaEvent_t b, int reps, Op&& op) {
   std::vector<float> ms;
   for (int r = 0; r < reps; ++r) {
     CHECK(cudaEventRecord(a));

@@ -22,7 +22,7 @@ struct SamplingParams {
 
 // How weights are held for the CPU backend's GEMMs.
 enum class WeightFormat {
-  kAuto,  // bf16 for models above ~2 B parameters (memory), f32 otherwise (exactness)
+  kAuto,  // f32 for float32 checkpoints up to 2 B parameters (exact); bf16 otherwise (speed)
   kF32,
   kBF16,
 };

@@ -4,6 +4,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "cpu/gemv.h"
 #include "model/dequant.h"
 #include "util/check.h"
 
@@ -57,6 +58,17 @@ std::vector<float> Linear::weight_row(int r) const {
 }
 
 void Linear::forward(const float* x, float* y, int m) const {
+  const float* bias = has_bias() ? bias_.data() : nullptr;
+  if (m <= kGemvMaxRows) {  // decode: a memory-bound stream over the weights
+    if (type_ == WeightType::kF32) {
+      gemv_f32(weight_f32_.data(), x, bias, y, m, out_, in_);
+    } else {
+      std::vector<uint16_t> x_bf16(static_cast<size_t>(m) * in_);
+      for (size_t i = 0; i < x_bf16.size(); ++i) x_bf16[i] = f32_to_bf16(x[i]);
+      gemv_bf16(weight_bf16_.data(), x_bf16.data(), bias, y, m, out_, in_);
+    }
+    return;
+  }
   using dnnl::memory;
   using tag = memory::format_tag;
   const memory::data_type wdt =

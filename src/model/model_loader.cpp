@@ -92,14 +92,30 @@ GgufVocab gguf_vocab(const GgufFile& g) {
 
 }  // namespace
 
-cpu::WeightType resolve_weight_type(const ModelConfig& c, WeightChoice choice) {
+cpu::WeightType resolve_weight_type(const ModelConfig& c, WeightChoice choice,
+                                    bool checkpoint_is_f32) {
   switch (choice) {
     case WeightChoice::kF32: return cpu::WeightType::kF32;
     case WeightChoice::kBF16: return cpu::WeightType::kBF16;
     case WeightChoice::kAuto: break;
   }
-  return c.n_params() > 2'000'000'000 ? cpu::WeightType::kBF16 : cpu::WeightType::kF32;
+  // float32 only where it is exact and affordable: a float32 checkpoint of at most 2 B
+  // parameters. Quantized and half-precision checkpoints run with bf16 weights: half the bytes
+  // per decoded token (the default model: top-1 identical to float32 transformers at 298 of
+  // 300 positions; tests/unit/default_model_test.cpp).
+  return checkpoint_is_f32 && c.n_params() <= 2'000'000'000 ? cpu::WeightType::kF32
+                                                             : cpu::WeightType::kBF16;
 }
+
+namespace {
+// Whether the checkpoint's matrices (2-D tensors) are all stored as float32.
+template <typename Tensors>
+bool matrices_are_f32(const Tensors& tensors) {
+  for (const TensorInfo* t : tensors)
+    if (t->shape.size() >= 2 && t->dtype != DType::kF32) return false;
+  return true;
+}
+}  // namespace
 
 LoadedModel load_model(const std::string& path, bool use_random_weights, uint64_t seed,
                        WeightChoice choice) {
@@ -112,7 +128,7 @@ LoadedModel load_model(const std::string& path, bool use_random_weights, uint64_
     const std::string config_path =
         fs::is_directory(path) ? (dir / "config.json").string() : path;
     m.config = parse_hf_config(config_path);
-    const cpu::WeightType type = resolve_weight_type(m.config, choice);
+    const cpu::WeightType type = resolve_weight_type(m.config, choice, true);
     log().info("generating seeded random weights (seed {}) for {} ({:.2f} B parameters)", seed,
                  config_path, m.config.n_params() / 1e9);
     m.weights = random_weights(m.config, seed, type);
@@ -128,9 +144,12 @@ LoadedModel load_model(const std::string& path, bool use_random_weights, uint64_
   if (fs::is_directory(path)) {
     const fs::path dir(path);
     m.config = parse_hf_config((dir / "config.json").string());
-    SafetensorsSource src(SafetensorsModel::open_dir(path), path);
-    m.weights = load_weights(m.config, src, Naming::kHuggingFace,
-                             resolve_weight_type(m.config, choice));
+    auto st = SafetensorsModel::open_dir(path);
+    std::vector<const TensorInfo*> all;
+    for (const std::string& name : st->names()) all.push_back(st->find(name));
+    const cpu::WeightType type = resolve_weight_type(m.config, choice, matrices_are_f32(all));
+    SafetensorsSource src(std::move(st), path);
+    m.weights = load_weights(m.config, src, Naming::kHuggingFace, type);
     const fs::path tok = dir / "tokenizer.json";
     const fs::path tok_cfg = dir / "tokenizer_config.json";
     if (fs::exists(tok, ec))
@@ -151,7 +170,10 @@ LoadedModel load_model(const std::string& path, bool use_random_weights, uint64_
     m.config.validate(path);
   }
   GgufSource src(*g);
-  m.weights = load_weights(m.config, src, Naming::kGguf, resolve_weight_type(m.config, choice));
+  std::vector<const TensorInfo*> all;
+  for (const TensorInfo& t : g->tensors()) all.push_back(&t);
+  m.weights = load_weights(m.config, src, Naming::kGguf,
+                           resolve_weight_type(m.config, choice, matrices_are_f32(all)));
   GgufVocab vocab = gguf_vocab(*g);
   HG_CHECK(static_cast<int>(vocab.tokens.size()) <= m.config.vocab_size,
            path + ": tokenizer.ggml.tokens has " + std::to_string(vocab.tokens.size()) +

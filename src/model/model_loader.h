@@ -25,7 +25,9 @@ enum class WeightChoice { kAuto, kF32, kBF16 };
 LoadedModel load_model(const std::string& path, bool random_weights, uint64_t seed,
                        WeightChoice weights);
 
-// The backend's weight type for a config under a choice (auto: bf16 above 2 B parameters).
-cpu::WeightType resolve_weight_type(const ModelConfig& config, WeightChoice choice);
+// The backend's weight type for a config under a choice (auto: float32 for float32 checkpoints
+// up to 2 B parameters, bf16 otherwise).
+cpu::WeightType resolve_weight_type(const ModelConfig& config, WeightChoice choice,
+                                    bool checkpoint_is_f32);
 
 }  // namespace hybridgen

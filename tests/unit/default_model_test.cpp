@@ -88,6 +88,41 @@ TEST_F(DefaultModel, LogitsMatchTransformersOnTheGguf) {
               tokens.size(), top1_same, max_err, kLogitTolerance);
 }
 
+// bf16 weights (2x less to read per token) round the dequantized Q4_1 values and the GEMM
+// inputs to bf16: measured against the same float32 reference, stated, not hidden.
+TEST_F(DefaultModel, Bf16WeightsStayCloseToTransformers) {
+  std::ifstream in(std::string(HYBRIDGEN_TEST_DATA_DIR) + "/models/smollm2_reference.json");
+  ASSERT_TRUE(in);
+  const json ref = json::parse(in);
+  const auto tokens = ref["tokens"].get<std::vector<int32_t>>();
+  hybridgen::LoadOptions load;
+  load.model_path = model_path();
+  load.weight_format = hybridgen::WeightFormat::kBF16;
+  auto bf16 = hybridgen::Engine::load(load);
+  const int vocab = bf16->info().vocab_size;
+  const std::vector<float> logits = bf16->evaluate(tokens);
+  int top1_same = 0;
+  double max_err = 0, sum_err = 0;
+  int n_err = 0;
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    const float* row = &logits[t * vocab];
+    const auto ids = ref["top_ids"][t].get<std::vector<int>>();
+    const auto vals = ref["top_logits"][t].get<std::vector<double>>();
+    for (size_t k = 0; k < ids.size(); ++k) {
+      const double err = std::fabs(row[ids[k]] - vals[k]);
+      max_err = std::max(max_err, err);
+      sum_err += err;
+      ++n_err;
+    }
+    top1_same += (std::max_element(row, row + vocab) - row) == ids[0];
+  }
+  std::printf("[ smollm2 bf16 ] top-1 identical at %d of %zu positions; |logit error| on the "
+              "reference's top-20: mean %.3g, max %.3g\n",
+              top1_same, tokens.size(), sum_err / n_err, max_err);
+  EXPECT_GE(top1_same, static_cast<int>(0.95 * tokens.size()));
+  EXPECT_LE(sum_err / n_err, 0.1);
+}
+
 TEST_F(DefaultModel, GreedyChatKnowsTheCapitalOfFrance) {
   const std::string prompt =
       engine_->apply_chat_template({{"user", "What is the capital of France?"}}, true);
