@@ -180,6 +180,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer last_;    // [cap, d] rows that want logits
   DeviceBuffer x_bf16_;  // [cap, max(d, q_w, d_ff)] bf16 GEMM input
   DeviceBuffer ints_;    // [4 cap] int32: tokens | seq | pos | logit rows
+  DeviceBuffer attn_work_;  // split-KV attention partials (decode), grown on demand
   int logit_rows_ = 0;
   DeviceBuffer logits_;  // [logit_rows_, vocab]
   std::vector<int32_t> host_ints_;
@@ -399,6 +400,13 @@ void CudaBackend::forward(const Batch& batch, kv::KvCacheManager& cache,
   CUDA_CHECK(cudaSetDevice(device_));
   ensure_tokens(n);
   if (n_out > 0) ensure_logit_rows(n_out);
+  const size_t attn_work_bytes =
+      cuda::attention_workspace_bytes(n, c.n_heads, c.n_kv_heads, hd, n_ctx_);
+  if (attn_work_bytes > attn_work_.bytes()) {
+    CUDA_CHECK(cudaStreamSynchronize(stream_.s));  // the old buffer is no longer in use
+    attn_work_ = DeviceBuffer();
+    attn_work_ = DeviceBuffer(attn_work_bytes, "attention workspace");
+  }
 
   // tokens | seq | pos | rows, in one copy.
   host_ints_.resize(size_t(3) * n + n_out);
@@ -445,7 +453,8 @@ void CudaBackend::forward(const Batch& batch, kv::KvCacheManager& cache,
     cuda::kv_append(k, v, qkv_w_, n, c.n_kv_heads, hd, d_seq, d_pos, k_slots, v_slots, il, n_ctx_,
                     s);
     cuda::attention(q, qkv_w_, n, c.n_heads, c.n_kv_heads, hd, d_seq, d_pos, k_slots, v_slots, il,
-                    n_ctx_, scale, c.sliding_window, att, s);
+                    n_ctx_, scale, c.sliding_window, attn_work_.as<void>(), attn_work_.bytes(),
+                    att, s);
     linear(L.out, att, h, n);
     cuda::add(x, h, int64_t(n) * d, s);
 

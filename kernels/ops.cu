@@ -1,6 +1,7 @@
 // The CUDA backend's kernels and their host launchers (declared in ops_api.h). Every kernel is a
 // plain, bounds-checked, float32 kernel: correctness first (the CPU ops in src/cpu/ops.cpp are
 // the reference, and tests/unit/cuda_ops_test.cpp compares each kernel with them).
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <string>
@@ -14,6 +15,16 @@ namespace {
 constexpr int kThreads = 256;      // element-wise kernels and row kernels
 constexpr int kAttnThreads = 128;  // attention: 4 warps per (token, head)
 constexpr int kAttnTile = 256;     // attention: positions scored per step of the online softmax
+// Split-KV attention (at most kSplitMaxTokens query tokens per call: decode).
+constexpr int kSplitMaxTokens = 64;
+constexpr int kSplitThreads = 128;
+constexpr int kSplitTile = 64;            // positions per online-softmax step
+constexpr int kSplitMaxG = 8;             // query heads of one KV head per block
+constexpr int kSplitMaxSplits = 64;       // chunks per (token, head)
+constexpr int kSplitTargetBlocks = 1024;  // ~8 blocks per SM on an H100/H200
+// Query-tiled attention (more tokens: prefill), head_dim 64 and 128.
+constexpr int kTileQ = 64;
+constexpr int kTileThreads = 256;
 
 // ---- element-wise ---------------------------------------------------------------------------
 
@@ -249,6 +260,373 @@ __global__ void attention_kernel(const float* __restrict__ q, int64_t q_stride, 
   for (int i = threadIdx.x; i < head_dim; i += blockDim.x) o[i] = acc[i] * inv_l;
 }
 
+// ---- split-KV attention (few query tokens: decode) -------------------------------------------
+// Each (token, KV head, sub-group of up to kSplitMaxG query heads) is split over n_splits chunks
+// of its attended positions; a block scores its chunk in tiles of kSplitTile positions with an
+// online float32 softmax per query head and writes the unnormalised partial output and its
+// (max, sum); attention_combine_kernel merges the chunks exactly as one softmax would.
+
+// The chunk of split c: positions [*c_lo, *c_hi] of [lo, hi]; false if split c is empty.
+// Chunks are whole numbers of kSplitTile-position tiles, spread evenly over the splits.
+__device__ __forceinline__ bool split_range(int lo, int hi, int n_splits, int c, int* c_lo,
+                                            int* c_hi) {
+  const int len = hi - lo + 1;
+  const int tiles = (len + kSplitTile - 1) / kSplitTile;
+  const int per_split = (tiles + n_splits - 1) / n_splits;
+  const int first = c * per_split;  // first tile of split c
+  if (first >= tiles) return false;
+  *c_lo = lo + first * kSplitTile;
+  *c_hi = min(hi, *c_lo + per_split * kSplitTile - 1);
+  return true;
+}
+
+// grid: x = n * n_kv_heads * n_sub (token-major), y = split (n_splits); kSplitThreads threads;
+// dynamic shared memory: (gmax * head_dim + kSplitMaxG * (kSplitTile + 3)) floats, gmax =
+// min(group, kSplitMaxG).
+// work_o: [n * n_heads, n_splits, head_dim]; work_ml: [n * n_heads, n_splits, 2] (max, sum).
+__global__ void __launch_bounds__(kSplitThreads)
+    attention_split_kernel(const float* __restrict__ q, int64_t q_stride, int n_heads,
+                           int n_kv_heads, int group, int head_dim,
+                           const int32_t* __restrict__ seq, const int32_t* __restrict__ pos,
+                           const float* const* __restrict__ k_slots,
+                           const float* const* __restrict__ v_slots, int64_t layer_offset,
+                           int capacity, float scale, int window, int n_splits,
+                           float* __restrict__ work_o, float* __restrict__ work_ml) {
+  extern __shared__ float smem[];
+  const int gmax = min(group, kSplitMaxG);
+  float* q_s = smem;                              // [gmax, head_dim]
+  float* sc = q_s + gmax * head_dim;              // [kSplitMaxG, kSplitTile] scores, then p
+  float* m_s = sc + kSplitMaxG * kSplitTile;      // [kSplitMaxG] running max
+  float* l_s = m_s + kSplitMaxG;                  // [kSplitMaxG] running sum
+  float* corr_s = l_s + kSplitMaxG;               // [kSplitMaxG] rescale of this tile
+
+  const int n_sub = (group + kSplitMaxG - 1) / kSplitMaxG;
+  const int split = blockIdx.y;
+  int yi = blockIdx.x;
+  const int sub = yi % n_sub;
+  yi /= n_sub;
+  const int kvh = yi % n_kv_heads;
+  const int t = yi / n_kv_heads;
+  const int h0 = kvh * group + sub * kSplitMaxG;  // first query head of this block
+  const int gsz = min(kSplitMaxG, group - sub * kSplitMaxG);
+  const int hi = pos[t];
+  const int lo = window > 0 ? max(0, hi - window + 1) : 0;
+  int c_lo = 0, c_hi = -1;
+  if (!split_range(lo, hi, n_splits, split, &c_lo, &c_hi)) return;  // never read
+
+  const int64_t head_offset = layer_offset + int64_t(kvh) * capacity * head_dim;
+  const float* kb = k_slots[seq[t]] + head_offset;  // [capacity, head_dim]
+  const float* vb = v_slots[seq[t]] + head_offset;  // [capacity, head_dim]
+  const float* qt = q + int64_t(t) * q_stride + int64_t(h0) * head_dim;
+  for (int i = threadIdx.x; i < gsz * head_dim; i += blockDim.x) q_s[i] = qt[i];
+  if (threadIdx.x < kSplitMaxG) {
+    m_s[threadIdx.x] = -INFINITY;
+    l_s[threadIdx.x] = 0.f;
+  }
+
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  constexpr int kWarps = kSplitThreads / kWarp;
+  constexpr int kRegs = kMaxHeadDim / kWarp;          // K elements per lane
+  constexpr int kDims = kMaxHeadDim / kSplitThreads;  // output dimensions per thread
+  constexpr int kRows = 4;                            // K rows in flight per warp
+  float acc[kDims][kSplitMaxG];
+#pragma unroll
+  for (int r = 0; r < kDims; ++r)
+#pragma unroll
+    for (int g = 0; g < kSplitMaxG; ++g) acc[r][g] = 0.f;
+  __syncthreads();
+
+  for (int start = c_lo; start <= c_hi; start += kSplitTile) {
+    const int len = min(kSplitTile, c_hi - start + 1);
+    // Scores: warp w takes positions w, w + kWarps, ...; kRows rows loaded before use.
+    for (int j0 = warp * kRows; j0 < len; j0 += kWarps * kRows) {
+      float kr[kRows][kRegs];
+#pragma unroll
+      for (int u = 0; u < kRows; ++u) {
+        const int j = j0 + u;
+        const float* row = kb + int64_t(start + j) * head_dim;
+#pragma unroll
+        for (int r = 0; r < kRegs; ++r) {
+          const int i = lane + r * kWarp;
+          kr[u][r] = (j < len && i < head_dim) ? row[i] : 0.f;
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kRows; ++u) {
+        const int j = j0 + u;
+#pragma unroll
+        for (int g = 0; g < kSplitMaxG; ++g) {
+          if (g < gsz) {
+            float dot = 0.f;
+#pragma unroll
+            for (int r = 0; r < kRegs; ++r) {
+              const int i = lane + r * kWarp;
+              if (i < head_dim) dot += q_s[g * head_dim + i] * kr[u][r];
+            }
+            dot = warp_sum(dot);
+            if (lane == 0 && j < len) sc[g * kSplitTile + j] = dot * scale;
+          }
+        }
+      }
+    }
+    __syncthreads();
+    // Online softmax: warp w updates query heads w, w + kWarps, ...
+    for (int g = warp; g < gsz; g += kWarps) {
+      float mx = -INFINITY;
+      for (int j = lane; j < len; j += kWarp) mx = fmaxf(mx, sc[g * kSplitTile + j]);
+      mx = warp_max(mx);
+      const float m_old = m_s[g];
+      const float m_new = fmaxf(m_old, mx);
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;
+      float sum = 0.f;
+      for (int j = lane; j < len; j += kWarp) {
+        const float p = expf(sc[g * kSplitTile + j] - m_use);
+        sc[g * kSplitTile + j] = p;
+        sum += p;
+      }
+      sum = warp_sum(sum);
+      if (lane == 0) {
+        const float corr = expf(m_old - m_use);  // 0 on the first tile (m_old = -inf)
+        corr_s[g] = corr;
+        l_s[g] = l_s[g] * corr + sum;
+        m_s[g] = m_new;
+      }
+    }
+    __syncthreads();
+    // p V: thread owns dimensions threadIdx.x + r * kSplitThreads, for all gsz heads.
+#pragma unroll
+    for (int r = 0; r < kDims; ++r) {
+      const int i = threadIdx.x + r * kSplitThreads;
+      if (i < head_dim) {
+#pragma unroll
+        for (int g = 0; g < kSplitMaxG; ++g)
+          if (g < gsz) acc[r][g] *= corr_s[g];
+#pragma unroll 4
+        for (int j = 0; j < len; ++j) {
+          const float v = vb[int64_t(start + j) * head_dim + i];
+#pragma unroll
+          for (int g = 0; g < kSplitMaxG; ++g)
+            if (g < gsz) acc[r][g] += sc[g * kSplitTile + j] * v;
+        }
+      }
+    }
+    __syncthreads();  // sc[] and corr_s[] are rewritten by the next tile
+  }
+
+  const int64_t row0 = int64_t(t) * n_heads + h0;  // (token, head) row of head h0
+#pragma unroll
+  for (int r = 0; r < kDims; ++r) {
+    const int i = threadIdx.x + r * kSplitThreads;
+    if (i < head_dim) {
+#pragma unroll
+      for (int g = 0; g < kSplitMaxG; ++g)
+        if (g < gsz) work_o[((row0 + g) * n_splits + split) * head_dim + i] = acc[r][g];
+    }
+  }
+  if (threadIdx.x < gsz) {
+    const int64_t at = ((row0 + threadIdx.x) * n_splits + split) * 2;
+    work_ml[at] = m_s[threadIdx.x];
+    work_ml[at + 1] = l_s[threadIdx.x];
+  }
+}
+
+// grid: n * n_heads blocks (block b: token b / n_heads, head b % n_heads); kSplitThreads threads.
+// Merges the non-empty splits: out = sum_c exp(m_c - M) o_c / sum_c exp(m_c - M) l_c.
+__global__ void __launch_bounds__(kSplitThreads)
+    attention_combine_kernel(int n_heads, int head_dim, const int32_t* __restrict__ pos,
+                             int window, int n_splits, const float* __restrict__ work_o,
+                             const float* __restrict__ work_ml, float* __restrict__ out) {
+  const int64_t row = blockIdx.x;  // t * n_heads + h
+  const int t = static_cast<int>(row / n_heads);
+  const int hi = pos[t];
+  const int lo = window > 0 ? max(0, hi - window + 1) : 0;
+  int used = 0;  // splits 0 .. used-1 are non-empty (a prefix)
+  for (int c = 0, a, b; c < n_splits && split_range(lo, hi, n_splits, c, &a, &b); ++c) used = c + 1;
+  const float* ml = work_ml + row * n_splits * 2;
+  float M = -INFINITY;
+  for (int c = 0; c < used; ++c) M = fmaxf(M, ml[2 * c]);
+  const float M_use = M == -INFINITY ? 0.f : M;
+  float L = 0.f;
+  for (int c = 0; c < used; ++c) L += expf(ml[2 * c] - M_use) * ml[2 * c + 1];
+  const float inv_L = 1.0f / L;
+  const float* o = work_o + row * n_splits * head_dim;
+  for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+    float a = 0.f;
+    for (int c = 0; c < used; ++c) a += expf(ml[2 * c] - M_use) * o[int64_t(c) * head_dim + i];
+    out[row * head_dim + i] = a * inv_L;
+  }
+}
+
+// ---- query-tiled attention (many query tokens: prefill) --------------------------------------
+// grid: x = n_heads, y = ceil(n / kTileQ); kTileThreads threads; dynamic shared memory
+// tile_smem_floats<HD>() floats. Block (h, y) handles tokens [y * kTileQ, ...) of head h. Its
+// tokens are cut into runs of consecutive tokens of one sequence at consecutive positions
+// (prefill: one run); for each run, K/V tiles of TileK<HD> positions stream through shared
+// memory once for all the run's queries, with an online float32 softmax per query row.
+// Thread (ty = tid / 16, tx = tid % 16) owns query rows ty + 16 a (a < 4), score columns
+// tx + 16 b and output dimensions tx + 16 c; a row's 16 owners are lanes of one half-warp.
+template <int HD>
+struct TileK {
+  static constexpr int value = HD >= 128 ? 32 : 64;
+};
+
+template <int HD>
+constexpr int tile_smem_floats() {
+  return kTileQ * (HD + 1) + TileK<HD>::value * (HD + 1) + TileK<HD>::value * HD +
+         kTileQ * (TileK<HD>::value + 1);
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kTileThreads, 2)
+    attention_tiled_kernel(const float* __restrict__ q, int64_t q_stride, int n, int n_heads,
+                           int group, const int32_t* __restrict__ seq,
+                           const int32_t* __restrict__ pos,
+                           const float* const* __restrict__ k_slots,
+                           const float* const* __restrict__ v_slots, int64_t layer_offset,
+                           int capacity, float scale, int window, float* __restrict__ out) {
+  constexpr int BK = TileK<HD>::value;
+  constexpr int NB = BK / 16;  // score columns per thread
+  constexpr int NC = HD / 16;  // output dimensions per thread
+  constexpr int NA = kTileQ / 16;  // query rows per thread
+  constexpr int QS = HD + 1, KS = HD + 1, PS = BK + 1;  // padded row strides
+  extern __shared__ float smem[];
+  float* Qs = smem;              // [kTileQ, QS]
+  float* Ks = Qs + kTileQ * QS;  // [BK, KS]
+  float* Vs = Ks + BK * KS;      // [BK, HD]
+  float* Ps = Vs + BK * HD;      // [kTileQ, PS]
+
+  const int h = blockIdx.x;
+  const int kvh = h / group;
+  const int t0 = blockIdx.y * kTileQ;
+  const int rows = min(kTileQ, n - t0);
+  const int tid = threadIdx.x;
+  const int ty = tid / 16, tx = tid % 16;
+
+  int rs = 0;
+  while (rs < rows) {  // uniform over the block: every thread computes the same runs
+    const int s0 = seq[t0 + rs];
+    const int p0 = pos[t0 + rs];
+    int re = rs + 1;
+    while (re < rows && seq[t0 + re] == s0 && pos[t0 + re] == p0 + (re - rs)) ++re;
+    // Run: block rows [rs, re), query positions p0 + (r - rs).
+    const int k_lo = window > 0 ? max(0, p0 - window + 1) : 0;
+    const int k_hi = p0 + (re - rs) - 1;
+    const int64_t head_offset = layer_offset + int64_t(kvh) * capacity * HD;
+    const float* kb = k_slots[s0] + head_offset;  // [capacity, HD]
+    const float* vb = v_slots[s0] + head_offset;  // [capacity, HD]
+
+    for (int idx = tid; idx < kTileQ * HD; idx += kTileThreads) {
+      const int r = idx / HD, d = idx % HD;
+      Qs[r * QS + d] = (r >= rs && r < re)
+                           ? q[int64_t(t0 + r) * q_stride + int64_t(h) * HD + d]
+                           : 0.f;
+    }
+    int qpos[NA];
+    bool qvalid[NA];
+    float m_run[NA], l_run[NA], o[NA][NC];
+#pragma unroll
+    for (int a = 0; a < NA; ++a) {
+      const int r = ty + 16 * a;
+      qvalid[a] = r >= rs && r < re;
+      qpos[a] = p0 + (r - rs);
+      m_run[a] = -INFINITY;
+      l_run[a] = 0.f;
+#pragma unroll
+      for (int c = 0; c < NC; ++c) o[a][c] = 0.f;
+    }
+
+    for (int kt = k_lo; kt <= k_hi; kt += BK) {
+      // K and V tile: positions kt .. kt + BK - 1 (zero past k_hi, never read from memory).
+      for (int idx = tid; idx < BK * HD; idx += kTileThreads) {
+        const int j = idx / HD, d = idx % HD;
+        const int kp = kt + j;
+        float kv = 0.f, vv = 0.f;
+        if (kp <= k_hi) {
+          kv = kb[int64_t(kp) * HD + d];
+          vv = vb[int64_t(kp) * HD + d];
+        }
+        Ks[j * KS + d] = kv;
+        Vs[j * HD + d] = vv;
+      }
+      __syncthreads();  // also publishes Qs on the first tile
+
+      float s[NA][NB];
+#pragma unroll
+      for (int a = 0; a < NA; ++a)
+#pragma unroll
+        for (int b = 0; b < NB; ++b) s[a][b] = 0.f;
+#pragma unroll 4
+      for (int d = 0; d < HD; ++d) {
+        float qa[NA], kv[NB];
+#pragma unroll
+        for (int a = 0; a < NA; ++a) qa[a] = Qs[(ty + 16 * a) * QS + d];
+#pragma unroll
+        for (int b = 0; b < NB; ++b) kv[b] = Ks[(tx + 16 * b) * KS + d];
+#pragma unroll
+        for (int a = 0; a < NA; ++a)
+#pragma unroll
+          for (int b = 0; b < NB; ++b) s[a][b] += qa[a] * kv[b];
+      }
+
+#pragma unroll
+      for (int a = 0; a < NA; ++a) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+          const int kp = kt + tx + 16 * b;
+          const bool ok = qvalid[a] && kp <= qpos[a] && (window <= 0 || kp > qpos[a] - window);
+          s[a][b] = ok ? s[a][b] * scale : -INFINITY;
+          mx = fmaxf(mx, s[a][b]);
+        }
+#pragma unroll
+        for (int off = 8; off > 0; off >>= 1)
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));  // the row's 16 lanes
+        const float m_new = fmaxf(m_run[a], mx);
+        const float m_use = m_new == -INFINITY ? 0.f : m_new;
+        const float corr = expf(m_run[a] - m_use);  // 0 while the row had nothing
+        float sum = 0.f;
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+          const float p = expf(s[a][b] - m_use);  // 0 where masked
+          Ps[(ty + 16 * a) * PS + tx + 16 * b] = p;
+          sum += p;
+        }
+#pragma unroll
+        for (int off = 8; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+        l_run[a] = l_run[a] * corr + sum;
+        m_run[a] = m_new;
+#pragma unroll
+        for (int c = 0; c < NC; ++c) o[a][c] *= corr;
+      }
+      __syncthreads();  // Ps complete
+
+#pragma unroll 4
+      for (int j = 0; j < BK; ++j) {
+        float pa[NA], vc[NC];
+#pragma unroll
+        for (int a = 0; a < NA; ++a) pa[a] = Ps[(ty + 16 * a) * PS + j];
+#pragma unroll
+        for (int c = 0; c < NC; ++c) vc[c] = Vs[j * HD + tx + 16 * c];
+#pragma unroll
+        for (int a = 0; a < NA; ++a)
+#pragma unroll
+          for (int c = 0; c < NC; ++c) o[a][c] += pa[a] * vc[c];
+      }
+      __syncthreads();  // Ks, Vs, Ps (and Qs, after the last tile) are rewritten next
+    }
+
+#pragma unroll
+    for (int a = 0; a < NA; ++a) {
+      if (!qvalid[a]) continue;
+      const float inv_l = 1.0f / l_run[a];
+      float* orow = out + (int64_t(t0 + ty + 16 * a) * n_heads + h) * HD;
+#pragma unroll
+      for (int c = 0; c < NC; ++c) orow[tx + 16 * c] = o[a][c] * inv_l;
+    }
+    rs = re;
+  }
+}
+
 // grid: n_rows blocks, kThreads threads.
 __global__ void argmax_kernel(const float* __restrict__ x, int width, int32_t* __restrict__ out) {
   __shared__ float best_v[kThreads];
@@ -482,11 +860,10 @@ void kv_append(const float* k, const float* v, int64_t row_stride, int n, int n_
   CUDA_CHECK_LAUNCH();
 }
 
-void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_heads,
-               int head_dim, const int32_t* seq, const int32_t* pos,
-               const float* const* k_slots, const float* const* v_slots, int layer,
-               int capacity, float scale, int window, float* out, Stream stream) {
-  if (n <= 0) return;
+namespace {
+
+void check_attention_args(int64_t q_stride, int n_heads, int n_kv_heads, int head_dim,
+                          int layer, int capacity, int window) {
   check_arg(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, "attention",
             "n_heads (" + std::to_string(n_heads) + ") must be a positive multiple of "
             "n_kv_heads (" + std::to_string(n_kv_heads) + ")");
@@ -495,14 +872,124 @@ void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_he
             "(even, at most " + std::to_string(kMaxHeadDim) + ")");
   check_arg(q_stride >= int64_t(n_heads) * head_dim && capacity > 0 && layer >= 0 && window >= 0,
             "attention", "bad shape");
+}
+
+// Splits per (token, head) of the split-KV path: enough blocks to fill the GPU, no more chunks
+// than the cache has tiles.
+int split_count(int n, int n_heads, int n_kv_heads, int capacity) {
+  const int group = n_heads / n_kv_heads;
+  const int64_t units =
+      int64_t(n) * n_kv_heads * ((group + kSplitMaxG - 1) / kSplitMaxG);  // blocks per split
+  int64_t splits = (kSplitTargetBlocks + units - 1) / units;
+  splits = std::min<int64_t>(splits, kSplitMaxSplits);
+  splits = std::min<int64_t>(splits, (int64_t(capacity) + kSplitTile - 1) / kSplitTile);
+  return static_cast<int>(std::max<int64_t>(splits, 1));
+}
+
+bool use_split(int n) { return n <= kSplitMaxTokens; }
+
+// Workspace of the split-KV path: partial outputs then (max, sum) pairs, float32.
+size_t split_workspace_bytes(int n, int n_heads, int head_dim, int splits) {
+  return sizeof(float) * size_t(n) * n_heads * splits * (size_t(head_dim) + 2);
+}
+
+template <int HD>
+void launch_tiled(const float* q, int64_t q_stride, int n, int n_heads, int group,
+                  const int32_t* seq, const int32_t* pos, const float* const* k_slots,
+                  const float* const* v_slots, int64_t layer_offset, int capacity, float scale,
+                  int window, float* out, Stream stream) {
+  const size_t smem = sizeof(float) * size_t(tile_smem_floats<HD>());
+  CUDA_CHECK(cudaFuncSetAttribute(attention_tiled_kernel<HD>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(smem)));
+  const dim3 grid(static_cast<unsigned>(n_heads), static_cast<unsigned>((n + kTileQ - 1) / kTileQ));
+  attention_tiled_kernel<HD><<<grid, kTileThreads, smem, stream>>>(
+      q, q_stride, n, n_heads, group, seq, pos, k_slots, v_slots, layer_offset, capacity, scale,
+      window, out);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+size_t attention_workspace_bytes(int n, int n_heads, int n_kv_heads, int head_dim,
+                                 int capacity) {
+  if (n <= 0 || !use_split(n) || n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads != 0 ||
+      capacity <= 0)
+    return 0;
+  return split_workspace_bytes(n, n_heads, head_dim,
+                               split_count(n, n_heads, n_kv_heads, capacity));
+}
+
+void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_heads,
+               int head_dim, const int32_t* seq, const int32_t* pos,
+               const float* const* k_slots, const float* const* v_slots, int layer,
+               int capacity, float scale, int window, void* workspace, size_t workspace_bytes,
+               float* out, Stream stream) {
+  if (n <= 0) return;
+  check_attention_args(q_stride, n_heads, n_kv_heads, head_dim, layer, capacity, window);
+  const int64_t layer_offset = int64_t(layer) * n_kv_heads * capacity * head_dim;
+  const int group = n_heads / n_kv_heads;
+
+  if (use_split(n)) {
+    const int splits = split_count(n, n_heads, n_kv_heads, capacity);
+    const size_t need = split_workspace_bytes(n, n_heads, head_dim, splits);
+    check_arg(workspace != nullptr && workspace_bytes >= need, "attention",
+              "workspace too small (" + std::to_string(workspace_bytes) + " bytes, need " +
+                  std::to_string(need) + ")");
+    float* work_o = static_cast<float*>(workspace);  // [n * n_heads, splits, head_dim]
+    float* work_ml = work_o + size_t(n) * n_heads * splits * head_dim;  // [.., splits, 2]
+    const int n_sub = (group + kSplitMaxG - 1) / kSplitMaxG;
+    const int gmax = std::min(group, kSplitMaxG);
+    const size_t smem =
+        sizeof(float) * (size_t(gmax) * head_dim + kSplitMaxG * (kSplitTile + 3));
+    const dim3 grid(static_cast<unsigned>(n * n_kv_heads * n_sub), static_cast<unsigned>(splits));
+    attention_split_kernel<<<grid, kSplitThreads, smem, stream>>>(
+        q, q_stride, n_heads, n_kv_heads, group, head_dim, seq, pos, k_slots, v_slots,
+        layer_offset, capacity, scale, window, splits, work_o, work_ml);
+    CUDA_CHECK_LAUNCH();
+    attention_combine_kernel<<<static_cast<unsigned>(n * n_heads), kSplitThreads, 0, stream>>>(
+        n_heads, head_dim, pos, window, splits, work_o, work_ml, out);
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
+  check_arg((int64_t(n) + kTileQ - 1) / kTileQ <= 65535, "attention", "too many tokens in one call");
+  if (head_dim == 128) {
+    launch_tiled<128>(q, q_stride, n, n_heads, group, seq, pos, k_slots, v_slots, layer_offset,
+                      capacity, scale, window, out, stream);
+    return;
+  }
+  if (head_dim == 64) {
+    launch_tiled<64>(q, q_stride, n, n_heads, group, seq, pos, k_slots, v_slots, layer_offset,
+                     capacity, scale, window, out, stream);
+    return;
+  }
+  // Other head sizes (the tiny test models): one block per (token, head).
   const int64_t blocks = int64_t(n) * n_heads;
   check_arg(blocks <= INT_MAX, "attention", "too many (token, head) pairs in one call");
-  const int64_t layer_offset = int64_t(layer) * n_kv_heads * capacity * head_dim;
   const size_t smem = sizeof(float) * (2 * size_t(head_dim) + kAttnTile + 33);
   attention_kernel<<<static_cast<unsigned>(blocks), kAttnThreads, smem, stream>>>(
-      q, q_stride, n_heads, n_heads / n_kv_heads, head_dim, seq, pos, k_slots, v_slots,
-      layer_offset, capacity, scale, window, out);
+      q, q_stride, n_heads, group, head_dim, seq, pos, k_slots, v_slots, layer_offset, capacity,
+      scale, window, out);
   CUDA_CHECK_LAUNCH();
+}
+
+void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_heads,
+               int head_dim, const int32_t* seq, const int32_t* pos,
+               const float* const* k_slots, const float* const* v_slots, int layer,
+               int capacity, float scale, int window, float* out, Stream stream) {
+  if (n <= 0) return;
+  check_attention_args(q_stride, n_heads, n_kv_heads, head_dim, layer, capacity, window);
+  const size_t bytes = attention_workspace_bytes(n, n_heads, n_kv_heads, head_dim, capacity);
+  void* work = nullptr;
+  if (bytes > 0) CUDA_CHECK(cudaMallocAsync(&work, bytes, stream));
+  try {
+    attention(q, q_stride, n, n_heads, n_kv_heads, head_dim, seq, pos, k_slots, v_slots, layer,
+              capacity, scale, window, work, bytes, out, stream);
+  } catch (...) {
+    if (work) (void)cudaFreeAsync(work, stream);
+    throw;
+  }
+  if (work) CUDA_CHECK(cudaFreeAsync(work, stream));
 }
 
 void argmax(const float* x, int n_rows, int width, int32_t* out, Stream stream) {

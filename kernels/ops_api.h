@@ -141,6 +141,13 @@ void kv_append(const float* k,         // [n, row_stride], head h at [h * head_d
 // (sequence seq[t], position pos[t]) attends to positions [max(0, pos[t] - window + 1), pos[t]]
 // of its sequence (window 0: all), query head h to KV head h / (n_heads / n_kv_heads).
 // PRECOND: those positions were appended at `layer`; head_dim even and <= kMaxHeadDim.
+// Paths (same results up to float32 summation order; any seq/pos mix is correct in each):
+//  - n <= 64 (decode): split-KV. Each (token, KV head) is split into chunks of positions over
+//    many blocks, one pass over K/V serving the KV head's query heads; a second kernel merges
+//    the chunks' (max, sum, output). Needs a workspace (stream-ordered cudaMallocAsync here).
+//  - more tokens, head_dim 64 or 128 (prefill): query tiles of 64 tokens per head; runs of
+//    consecutive tokens of one sequence at consecutive positions share each K/V tile read.
+//  - otherwise: one block per (token, head).
 constexpr int kMaxHeadDim = 256;
 void attention(const float* q,               // [n, q_stride], head h at [h * head_dim, ...)
                int64_t q_stride,
@@ -152,6 +159,15 @@ void attention(const float* q,               // [n, q_stride], head h at [h * he
                int layer, int capacity, float scale, int window,
                float* out,  // [n, n_heads, head_dim]
                Stream stream);
+
+// The same with a caller-owned workspace of at least attention_workspace_bytes(n, ...) bytes
+// (0 is fine when that is 0). CUDA builds only (the CUDA backend): no no-CUDA stub.
+size_t attention_workspace_bytes(int n, int n_heads, int n_kv_heads, int head_dim, int capacity);
+void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_heads,
+               int head_dim, const int32_t* seq, const int32_t* pos,
+               const float* const* k_slots, const float* const* v_slots, int layer,
+               int capacity, float scale, int window, void* workspace, size_t workspace_bytes,
+               float* out, Stream stream);
 
 // out[r] = index of the largest x[r, :] (the first one on ties).
 void argmax(const float* x,  // [n_rows, width]

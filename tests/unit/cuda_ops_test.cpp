@@ -403,13 +403,18 @@ struct AttnCase {
   int window;     // 0: unlimited
   bool two_seqs;  // queries from two sequences in one call
   float scale_mul = 1.f;  // > 1: peakier softmax
+  // Queries as prefill chunks: runs of consecutive positions ending at each sequence's last
+  // position (two sequences: a run of sequence 0, then one of sequence 1 with a stray sequence-0
+  // token inside it), instead of random positions.
+  bool prefill = false;
 };
 
 std::string describe(const AttnCase& c) {
   return "head_dim=" + std::to_string(c.head_dim) + " heads=" + std::to_string(c.n_heads) + "/" +
          std::to_string(c.n_kv_heads) + " n=" + std::to_string(c.n) + " ctx=" +
          std::to_string(c.ctx) + " window=" + std::to_string(c.window) +
-         (c.two_seqs ? " two sequences" : "") + " scale x" + std::to_string(c.scale_mul);
+         (c.two_seqs ? " two sequences" : "") + " scale x" + std::to_string(c.scale_mul) +
+         (c.prefill ? " prefill runs" : "");
 }
 
 void PrintTo(const AttnCase& c, std::ostream* os) { *os << describe(c); }
@@ -481,6 +486,25 @@ TEST_P(CudaAttention, KvAppendAndAttentionMatchCpu) {
   }
   pos[0] = lengths[seq[0]] - 1;
   if (c.n > 2) pos[2] = 0;
+  if (c.prefill) {
+    // Sequence 0: tokens [0, n0) at positions len0 - n0 .. len0 - 1; sequence 1: tokens [n0, n)
+    // at len1 - (n - n0) .. len1 - 1, except token n0 + 5 (sequence 0, a random position), which
+    // breaks that run in two inside one 64-token tile.
+    const int n0 = c.two_seqs ? c.n * 2 / 3 : c.n;
+    for (int t = 0; t < n0; ++t) {
+      seq[t] = 0;
+      pos[t] = lengths[0] - n0 + t;
+    }
+    for (int t = n0; t < c.n; ++t) {
+      seq[t] = 1;
+      pos[t] = lengths[1] - (c.n - n0) + (t - n0);
+    }
+    if (c.two_seqs && c.n - n0 > 6) {
+      seq[n0 + 5] = 0;
+      pos[n0 + 5] = std::uniform_int_distribution<int>(0, lengths[0] - 1)(rng);
+    }
+    for (int t = 0; t < c.n; ++t) ASSERT_GE(pos[t], 0) << "bad test case";
+  }
   const int64_t q_stride = q_w + 2 * kv_w + 1;  // queries inside QKV-like rows
   const std::vector<float> qrows = random_vec(rng, size_t(c.n) * q_stride);  // [n, q_stride]
   std::vector<float> q(size_t(c.n) * q_w);  // [n, n_heads, head_dim]
@@ -513,13 +537,31 @@ INSTANTIATE_TEST_SUITE_P(
                       AttnCase{16, 4, 2, 37, 200, 8, false},  // tiny-mistral's shape
                       AttnCase{128, 4, 4, 1, 1, 0, false},    // a single cached position
                       AttnCase{64, 9, 3, 37, 3000, 0, false, 16.f},  // peaky softmax
-                      AttnCase{128, 8, 2, 1, 3000, 0, true, 16.f}),
+                      AttnCase{128, 8, 2, 1, 3000, 0, true, 16.f},
+                      // Split-KV (decode, n <= 64): long contexts, batches, groups > 8.
+                      AttnCase{128, 16, 4, 1, 33000, 0, false},  // Llama-3.1-8B group, 32K
+                      AttnCase{128, 32, 8, 8, 9000, 0, true},   // batch of 8, two sequences
+                      AttnCase{64, 9, 3, 5, 12000, 0, true},
+                      AttnCase{128, 8, 2, 1, 20000, 4096, false},  // window, long context
+                      AttnCase{128, 8, 2, 64, 6000, 2000, true},   // 64 queries, window
+                      AttnCase{64, 24, 2, 3, 2000, 0, true},       // group 12: two sub-groups
+                      AttnCase{128, 8, 2, 1, 33000, 0, false, 16.f},
+                      // Query-tiled (prefill, n > 64, head_dim 64/128).
+                      AttnCase{128, 8, 2, 300, 2000, 0, true, 1.f, true},
+                      AttnCase{128, 32, 8, 129, 129, 0, false, 1.f, true},  // whole prompt
+                      AttnCase{64, 9, 3, 200, 1500, 100, true, 1.f, true},   // window
+                      AttnCase{128, 8, 2, 70, 5000, 1000, false, 16.f, true},
+                      AttnCase{64, 8, 8, 65, 65, 17, false, 1.f, true},  // window < tile
+                      AttnCase{128, 4, 1, 100, 3000, 0, true},  // random positions: 1-token runs
+                      AttnCase{64, 6, 2, 130, 200, 0, true, 1.f, true},
+                      AttnCase{16, 4, 2, 100, 300, 8, true, 1.f, true}),  // per-token fallback
     [](const ::testing::TestParamInfo<AttnCase>& info) {
       const AttnCase& c = info.param;
       return "hd" + std::to_string(c.head_dim) + "_h" + std::to_string(c.n_heads) + "_kv" +
              std::to_string(c.n_kv_heads) + "_n" + std::to_string(c.n) + "_ctx" +
              std::to_string(c.ctx) + "_w" + std::to_string(c.window) +
-             (c.two_seqs ? "_2seq" : "") + (c.scale_mul != 1.f ? "_peaky" : "");
+             (c.two_seqs ? "_2seq" : "") + (c.scale_mul != 1.f ? "_peaky" : "") +
+             (c.prefill ? "_prefill" : "");
     });
 
 // ---- argmax ---------------------------------------------------------------------------------
