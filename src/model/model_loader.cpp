@@ -85,7 +85,9 @@ GgufVocab gguf_vocab(const GgufFile& g) {
   v.eos_id = id("tokenizer.ggml.eos_token_id");
   v.unk_id = id("tokenizer.ggml.unknown_token_id");
   v.pad_id = id("tokenizer.ggml.padding_token_id");
-  v.add_bos = g.get_bool("tokenizer.ggml.add_bos_token", false);
+  // Without the key, llama.cpp adds BOS for Llama-3's tokenizer ("llama-bpe") and not for the
+  // other byte-level BPE vocabularies; do the same.
+  v.add_bos = g.get_bool("tokenizer.ggml.add_bos_token", v.pre == "llama-bpe" || v.pre == "llama3");
   v.chat_template = g.get_string("tokenizer.chat_template", "");
   return v;
 }
