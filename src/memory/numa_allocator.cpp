@@ -25,7 +25,10 @@ constexpr size_t kMaskWords = kMaskBits / (8 * sizeof(unsigned long));
 
 std::string join(const std::vector<int>& v) {
   std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i) s += ',';
+    s += std::to_string(v[i]);
+  }
   return s.empty() ? "-" : s;
 }
 
