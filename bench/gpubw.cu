@@ -8,13 +8,13 @@
 #include <cstdlib>
 #include <vector>
 
-#define CHECK(x)                                                                        \
-  do {                                                                                  \
-    cudaError_t e = (x);                                                                \
-    if (e != cudaSuccess) {                                                             \
+#define CHECK(x)                                                                              \
+  do {                                                                                        \
+    cudaError_t e = (x);                                                                      \
+    if (e != cudaSuccess) {                                                                   \
       std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e)); \
-      std::exit(1);                                                                     \
-    }                                                                                   \
+      std::exit(1);                                                                           \
+    }                                                                                         \
   } while (0)
 
 template <typename Op>
@@ -48,10 +48,12 @@ int main(int argc, char** argv) {
   CHECK(cudaEventCreate(&e0));
   CHECK(cudaEventCreate(&e1));
   CHECK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));  // warm-up
-  const double d2d = median_ms(e0, e1, reps, [&] { CHECK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice)); });
-  const double h2d = median_ms(e0, e1, reps, [&] { CHECK(cudaMemcpy(a, h, bytes, cudaMemcpyHostToDevice)); });
-  std::printf("%s: HBM copy %.0f GB/s (read + write), pinned H2D %.1f GB/s (medians of %d x %zu MiB)\n",
-              prop.name, 2.0 * bytes / (d2d * 1e-3) / 1e9, bytes / (h2d * 1e-3) / 1e9, reps,
-              bytes >> 20);
+  const double d2d =
+      median_ms(e0, e1, reps, [&] { CHECK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice)); });
+  const double h2d =
+      median_ms(e0, e1, reps, [&] { CHECK(cudaMemcpy(a, h, bytes, cudaMemcpyHostToDevice)); });
+  std::printf(
+      "%s: HBM copy %.0f GB/s (read + write), pinned H2D %.1f GB/s (medians of %d x %zu MiB)\n",
+      prop.name, 2.0 * bytes / (d2d * 1e-3) / 1e9, bytes / (h2d * 1e-3) / 1e9, reps, bytes >> 20);
   return 0;
 }

@@ -67,8 +67,10 @@ int main(int argc, char** argv) {
   KeyDType dtype = KeyDType::kBF16;
   if (argc > 2) {
     const std::string d = argv[2];
-    if (d == "f16") dtype = KeyDType::kF16;
-    else if (d == "f32") dtype = KeyDType::kF32;
+    if (d == "f16")
+      dtype = KeyDType::kF16;
+    else if (d == "f32")
+      dtype = KeyDType::kF32;
     else if (d != "bf16") {
       std::fprintf(stderr, "error: dtype must be bf16, f16 or f32, got '%s'\n", argv[2]);
       return 1;
@@ -80,8 +82,8 @@ int main(int argc, char** argv) {
   const int n_kv_heads = 8, head_dim = 128, group = 4;
 
   const double bw = host_read_gbs(reps);
-  std::printf("host read bandwidth: %.2f GB/s median over %d reps of 1 GiB, %d threads\n", bw,
-              reps, omp_get_max_threads());
+  std::printf("host read bandwidth: %.2f GB/s median over %d reps of 1 GiB, %d threads\n", bw, reps,
+              omp_get_max_threads());
   std::printf("logits: %d KV heads x head_dim %d x group %d, %s keys, path %s\n", n_kv_heads,
               head_dim, group, key_dtype_name(dtype), logits_path_name(logits_auto_path(dtype)));
 
@@ -99,7 +101,8 @@ int main(int argc, char** argv) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < copies * n_el; ++i) {
       const float v = static_cast<float>((i * 2654435761u) % 1000) * 1e-3f - 0.5f;
-      if (dtype == KeyDType::kF32) std::memcpy(&keys[i * 4], &v, 4);
+      if (dtype == KeyDType::kF32)
+        std::memcpy(&keys[i * 4], &v, 4);
       else {
         const uint16_t h = dtype == KeyDType::kF16 ? f32_to_f16(v) : f32_to_bf16(v);
         std::memcpy(&keys[i * 2], &h, 2);
@@ -125,18 +128,18 @@ int main(int argc, char** argv) {
       p.keys.data = keys.data() + ((r + 1) % copies) * bytes;
       const auto t0 = std::chrono::steady_clock::now();
       attention_logits(p);
-      secs.push_back(
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      secs.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
     const double s = median(secs);
     const double key_bytes = static_cast<double>(n_el) * eb;
     const double gbs = key_bytes / s / 1e9;
     // Output bytes written (n_q × n_tokens floats) are 1/8 of the bf16 key bytes at group 4;
     // they are reported separately, not counted in GB/s.
-    std::printf("tokens %7d: %8.3f ms  %7.1f Mkeys/s (token x KV head)  %6.2f GB/s keys  "
-                "%5.1f%% of read bandwidth  (+%.1f MB logits written)\n",
-                n_tokens, s * 1e3, n_tokens * static_cast<double>(n_kv_heads) / s / 1e6, gbs,
-                100.0 * gbs / bw, out.size() * 4 / 1e6);
+    std::printf(
+        "tokens %7d: %8.3f ms  %7.1f Mkeys/s (token x KV head)  %6.2f GB/s keys  "
+        "%5.1f%% of read bandwidth  (+%.1f MB logits written)\n",
+        n_tokens, s * 1e3, n_tokens * static_cast<double>(n_kv_heads) / s / 1e6, gbs,
+        100.0 * gbs / bw, out.size() * 4 / 1e6);
   }
   return 0;
 }

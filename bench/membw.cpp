@@ -40,8 +40,9 @@ int main(int argc, char** argv) {
     gbs.push_back(n * sizeof(float) / s / 1e9);
   }
   std::sort(gbs.begin(), gbs.end());
-  std::printf("host read bandwidth: %.2f GB/s median (min %.2f, max %.2f) over %d reps of %zu MiB, "
-              "%d threads (checksum %.3g)\n",
-              gbs[gbs.size() / 2], gbs.front(), gbs.back(), reps, mib, omp_get_max_threads(), sink);
+  std::printf(
+      "host read bandwidth: %.2f GB/s median (min %.2f, max %.2f) over %d reps of %zu MiB, "
+      "%d threads (checksum %.3g)\n",
+      gbs[gbs.size() / 2], gbs.front(), gbs.back(), reps, mib, omp_get_max_threads(), sink);
   return 0;
 }

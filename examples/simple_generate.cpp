@@ -1,8 +1,8 @@
 // The smallest program using libhybridgen: load a model, generate from a prompt, stream text.
 //   hybridgen-example MODEL.gguf "Once upon a time"
-#include <cstdio>
-
 #include <hybridgen/hybridgen.h>
+
+#include <cstdio>
 
 int main(int argc, char** argv) {
   if (argc < 3) {

@@ -40,7 +40,8 @@ constexpr int kMinTokenCapacity = 512;  // the engine's prefill chunk
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
-  DeviceBuffer(size_t bytes, const char* what) : p_(cuda::device_alloc(bytes, what)), bytes_(bytes) {}
+  DeviceBuffer(size_t bytes, const char* what)
+      : p_(cuda::device_alloc(bytes, what)), bytes_(bytes) {}
   ~DeviceBuffer() { cuda::device_free(p_); }
   DeviceBuffer(DeviceBuffer&& o) noexcept
       : p_(std::exchange(o.p_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
@@ -121,8 +122,7 @@ struct DeviceLayer {
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(const ModelConfig& config, const ModelWeights& weights, int n_ctx,
-              int max_sequences);
+  CudaBackend(const ModelConfig& config, const ModelWeights& weights, int n_ctx, int max_sequences);
   ~CudaBackend() override;
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
@@ -157,12 +157,12 @@ class CudaBackend final : public Backend {
   int q_w_ = 0, kv_w_ = 0, qkv_w_ = 0, ffn_w_ = 0;
 
   // Weights.
-  DeviceBuffer token_embedding_;     // [vocab, d]
-  DeviceBuffer position_embedding_;  // [max_positions + offset, d] (OPT) or empty
+  DeviceBuffer token_embedding_;            // [vocab, d]
+  DeviceBuffer position_embedding_;         // [max_positions + offset, d] (OPT) or empty
   DeviceBuffer final_norm_, final_norm_b_;  // [d]
-  DeviceLinear lm_head_;             // [vocab, d]
+  DeviceLinear lm_head_;                    // [vocab, d]
   std::vector<DeviceLayer> layers_;
-  DeviceBuffer inv_freq_;            // [rope_dim / 2] (RoPE models)
+  DeviceBuffer inv_freq_;  // [rope_dim / 2] (RoPE models)
 
   // KV cache: per slot [n_layers][n_kv_heads, n_ctx, head_dim] float32, and the device arrays of
   // the slots' base pointers that the kernels index by sequence.
@@ -171,23 +171,22 @@ class CudaBackend final : public Backend {
 
   // Activations, for token_capacity_ tokens.
   int token_capacity_ = 0;
-  DeviceBuffer x_;       // [cap, d] residual stream
-  DeviceBuffer h_;       // [cap, d] normed input / projection output
-  DeviceBuffer qkv_;     // [cap, q | k | v]
-  DeviceBuffer att_;     // [cap, n_heads, head_dim]
-  DeviceBuffer ffn_;     // [cap, 2 d_ff] (gate | up) or [cap, d_ff]
-  DeviceBuffer act_;     // [cap, d_ff]
-  DeviceBuffer last_;    // [cap, d] rows that want logits
-  DeviceBuffer x_bf16_;  // [cap, max(d, q_w, d_ff)] bf16 GEMM input
-  DeviceBuffer ints_;    // [4 cap] int32: tokens | seq | pos | logit rows
+  DeviceBuffer x_;          // [cap, d] residual stream
+  DeviceBuffer h_;          // [cap, d] normed input / projection output
+  DeviceBuffer qkv_;        // [cap, q | k | v]
+  DeviceBuffer att_;        // [cap, n_heads, head_dim]
+  DeviceBuffer ffn_;        // [cap, 2 d_ff] (gate | up) or [cap, d_ff]
+  DeviceBuffer act_;        // [cap, d_ff]
+  DeviceBuffer last_;       // [cap, d] rows that want logits
+  DeviceBuffer x_bf16_;     // [cap, max(d, q_w, d_ff)] bf16 GEMM input
+  DeviceBuffer ints_;       // [4 cap] int32: tokens | seq | pos | logit rows
   DeviceBuffer attn_work_;  // split-KV attention partials (decode), grown on demand
   int logit_rows_ = 0;
   DeviceBuffer logits_;  // [logit_rows_, vocab]
   std::vector<int32_t> host_ints_;
 };
 
-CudaBackend::CudaBackend(const ModelConfig& c, const ModelWeights& w, int n_ctx,
-                         int max_sequences)
+CudaBackend::CudaBackend(const ModelConfig& c, const ModelWeights& w, int n_ctx, int max_sequences)
     : config_(c), n_ctx_(n_ctx), max_sequences_(max_sequences) {
   std::string why;
   if (!cuda_available(&why)) fail("--device cuda: " + why);
@@ -217,16 +216,15 @@ CudaBackend::CudaBackend(const ModelConfig& c, const ModelWeights& w, int n_ctx,
                                w.final_norm.size() + w.final_norm_b.size()) +
                           linear_bytes(w.lm_head);
   for (const LayerWeights& L : w.layers)
-    weight_bytes += 4 * (L.attn_norm.size() + L.attn_norm_b.size() + L.ffn_norm.size() +
-                         L.ffn_norm_b.size()) +
-                    linear_bytes(L.qkv) + linear_bytes(L.out) + linear_bytes(L.up) +
-                    linear_bytes(L.down);
+    weight_bytes +=
+        4 * (L.attn_norm.size() + L.attn_norm_b.size() + L.ffn_norm.size() + L.ffn_norm_b.size()) +
+        linear_bytes(L.qkv) + linear_bytes(L.out) + linear_bytes(L.up) + linear_bytes(L.down);
   const uint64_t kv_slot_bytes =
       uint64_t(c.n_layers) * c.n_kv_heads * uint64_t(n_ctx) * c.head_dim * sizeof(float);
   const uint64_t kv_bytes = 2 * kv_slot_bytes * uint64_t(max_sequences);
   const int first_capacity = std::max(kMinTokenCapacity, max_sequences);
-  const uint64_t act_bytes = activation_bytes(first_capacity) +
-                             uint64_t(first_capacity) * c.vocab_size * sizeof(float);
+  const uint64_t act_bytes =
+      activation_bytes(first_capacity) + uint64_t(first_capacity) * c.vocab_size * sizeof(float);
   const uint64_t need = weight_bytes + kv_bytes + act_bytes;
   size_t free_b = 0, total_b = 0;
   CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
@@ -300,10 +298,11 @@ CudaBackend::CudaBackend(const ModelConfig& c, const ModelWeights& w, int n_ctx,
   ensure_tokens(first_capacity);
   // The uploads above went through the legacy default stream; finish them before any kernel.
   cuda::device_synchronize();
-  log().info("CUDA backend on {} (sm_{}{}): weights {:.1f} MiB, KV cache {:.1f} MiB (float32, "
-             "{} x {} tokens), activations {:.1f} MiB",
-             prop.name, prop.major, prop.minor, weight_bytes / 1048576.0, kv_bytes / 1048576.0,
-             max_sequences, n_ctx, act_bytes / 1048576.0);
+  log().info(
+      "CUDA backend on {} (sm_{}{}): weights {:.1f} MiB, KV cache {:.1f} MiB (float32, "
+      "{} x {} tokens), activations {:.1f} MiB",
+      prop.name, prop.major, prop.minor, weight_bytes / 1048576.0, kv_bytes / 1048576.0,
+      max_sequences, n_ctx, act_bytes / 1048576.0);
 }
 
 CudaBackend::~CudaBackend() {
@@ -316,8 +315,8 @@ uint64_t CudaBackend::activation_bytes(int tokens) const {
   const ModelConfig& c = config_;
   const uint64_t t = uint64_t(tokens);
   const uint64_t widest_in = std::max({c.d_model, q_w_, c.d_ff});
-  return 4 * t * (3 * uint64_t(c.d_model) + qkv_w_ + q_w_ + ffn_w_ + c.d_ff) +
-         2 * t * widest_in + 4 * 4 * t;
+  return 4 * t * (3 * uint64_t(c.d_model) + qkv_w_ + q_w_ + ffn_w_ + c.d_ff) + 2 * t * widest_in +
+         4 * 4 * t;
 }
 
 void CudaBackend::ensure_tokens(int tokens) {
@@ -442,19 +441,18 @@ void CudaBackend::forward(const Batch& batch, kv::KvCacheManager& cache,
     // --- attention block ---
     norm(x, L.attn_norm, L.attn_norm_b, n, h);
     linear(L.qkv, h, qkv, n);
-    float* q = qkv;               // row stride qkv_w_
-    float* k = qkv + q_w_;        // row stride qkv_w_
+    float* q = qkv;         // row stride qkv_w_
+    float* k = qkv + q_w_;  // row stride qkv_w_
     float* v = qkv + q_w_ + kv_w_;
     if (!c.learned_positions) {
       cuda::rope(q, qkv_w_, n, c.n_heads, hd, c.rope_dim, d_pos, inv_freq_.as<float>(), neox, s);
-      cuda::rope(k, qkv_w_, n, c.n_kv_heads, hd, c.rope_dim, d_pos, inv_freq_.as<float>(), neox,
-                 s);
+      cuda::rope(k, qkv_w_, n, c.n_kv_heads, hd, c.rope_dim, d_pos, inv_freq_.as<float>(), neox, s);
     }
     cuda::kv_append(k, v, qkv_w_, n, c.n_kv_heads, hd, d_seq, d_pos, k_slots, v_slots, il, n_ctx_,
                     s);
     cuda::attention(q, qkv_w_, n, c.n_heads, c.n_kv_heads, hd, d_seq, d_pos, k_slots, v_slots, il,
-                    n_ctx_, scale, c.sliding_window, attn_work_.as<void>(), attn_work_.bytes(),
-                    att, s);
+                    n_ctx_, scale, c.sliding_window, attn_work_.as<void>(), attn_work_.bytes(), att,
+                    s);
     linear(L.out, att, h, n);
     cuda::add(x, h, int64_t(n) * d, s);
 

@@ -46,17 +46,28 @@ inline constexpr const char* kOomAdvice =
 
 inline const char* cublas_status_name(cublasStatus_t s) {
   switch (s) {
-    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
-    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
-    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
-    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
-    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
-    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
-    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
-    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
-    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
-    case CUBLAS_STATUS_LICENSE_ERROR: return "CUBLAS_STATUS_LICENSE_ERROR";
-    default: return "unknown cuBLAS status";
+    case CUBLAS_STATUS_SUCCESS:
+      return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED:
+      return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED:
+      return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE:
+      return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH:
+      return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR:
+      return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED:
+      return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR:
+      return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED:
+      return "CUBLAS_STATUS_NOT_SUPPORTED";
+    case CUBLAS_STATUS_LICENSE_ERROR:
+      return "CUBLAS_STATUS_LICENSE_ERROR";
+    default:
+      return "unknown cuBLAS status";
   }
 }
 
@@ -72,17 +83,17 @@ inline const char* cublas_status_name(cublasStatus_t s) {
 
 }  // namespace hybridgen::cuda
 
-#define CUDA_CHECK(expr)                                                          \
-  do {                                                                            \
-    const cudaError_t hg_cuda_err_ = (expr);                                      \
-    if (hg_cuda_err_ != cudaSuccess)                                              \
+#define CUDA_CHECK(expr)                                                            \
+  do {                                                                              \
+    const cudaError_t hg_cuda_err_ = (expr);                                        \
+    if (hg_cuda_err_ != cudaSuccess)                                                \
       ::hybridgen::cuda::throw_cuda_error(hg_cuda_err_, #expr, __FILE__, __LINE__); \
   } while (0)
 
-#define CUBLAS_CHECK(expr)                                                           \
-  do {                                                                               \
-    const cublasStatus_t hg_cublas_st_ = (expr);                                     \
-    if (hg_cublas_st_ != CUBLAS_STATUS_SUCCESS)                                      \
+#define CUBLAS_CHECK(expr)                                                             \
+  do {                                                                                 \
+    const cublasStatus_t hg_cublas_st_ = (expr);                                       \
+    if (hg_cublas_st_ != CUBLAS_STATUS_SUCCESS)                                        \
       ::hybridgen::cuda::throw_cublas_error(hg_cublas_st_, #expr, __FILE__, __LINE__); \
   } while (0)
 

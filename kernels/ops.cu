@@ -199,10 +199,10 @@ __global__ void attention_kernel(const float* __restrict__ q, int64_t q_stride, 
                                  const float* const* __restrict__ v_slots, int64_t layer_offset,
                                  int capacity, float scale, int window, float* __restrict__ out) {
   extern __shared__ float smem[];
-  float* q_s = smem;                 // [head_dim]
-  float* acc = q_s + head_dim;       // [head_dim]
-  float* sc = acc + head_dim;        // [kAttnTile]
-  float* red = sc + kAttnTile;       // [33]
+  float* q_s = smem;            // [head_dim]
+  float* acc = q_s + head_dim;  // [head_dim]
+  float* sc = acc + head_dim;   // [kAttnTile]
+  float* red = sc + kAttnTile;  // [33]
 
   const int t = blockIdx.x / n_heads;
   const int h = blockIdx.x % n_heads;
@@ -286,19 +286,19 @@ __device__ __forceinline__ bool split_range(int lo, int hi, int n_splits, int c,
 // work_o: [n * n_heads, n_splits, head_dim]; work_ml: [n * n_heads, n_splits, 2] (max, sum).
 __global__ void __launch_bounds__(kSplitThreads)
     attention_split_kernel(const float* __restrict__ q, int64_t q_stride, int n_heads,
-                           int n_kv_heads, int group, int head_dim,
-                           const int32_t* __restrict__ seq, const int32_t* __restrict__ pos,
+                           int n_kv_heads, int group, int head_dim, const int32_t* __restrict__ seq,
+                           const int32_t* __restrict__ pos,
                            const float* const* __restrict__ k_slots,
                            const float* const* __restrict__ v_slots, int64_t layer_offset,
                            int capacity, float scale, int window, int n_splits,
                            float* __restrict__ work_o, float* __restrict__ work_ml) {
   extern __shared__ float smem[];
   const int gmax = min(group, kSplitMaxG);
-  float* q_s = smem;                              // [gmax, head_dim]
-  float* sc = q_s + gmax * head_dim;              // [kSplitMaxG, kSplitTile] scores, then p
-  float* m_s = sc + kSplitMaxG * kSplitTile;      // [kSplitMaxG] running max
-  float* l_s = m_s + kSplitMaxG;                  // [kSplitMaxG] running sum
-  float* corr_s = l_s + kSplitMaxG;               // [kSplitMaxG] rescale of this tile
+  float* q_s = smem;                          // [gmax, head_dim]
+  float* sc = q_s + gmax * head_dim;          // [kSplitMaxG, kSplitTile] scores, then p
+  float* m_s = sc + kSplitMaxG * kSplitTile;  // [kSplitMaxG] running max
+  float* l_s = m_s + kSplitMaxG;              // [kSplitMaxG] running sum
+  float* corr_s = l_s + kSplitMaxG;           // [kSplitMaxG] rescale of this tile
 
   const int n_sub = (group + kSplitMaxG - 1) / kSplitMaxG;
   const int split = blockIdx.y;
@@ -433,8 +433,8 @@ __global__ void __launch_bounds__(kSplitThreads)
 // grid: n * n_heads blocks (block b: token b / n_heads, head b % n_heads); kSplitThreads threads.
 // Merges the non-empty splits: out = sum_c exp(m_c - M) o_c / sum_c exp(m_c - M) l_c.
 __global__ void __launch_bounds__(kSplitThreads)
-    attention_combine_kernel(int n_heads, int head_dim, const int32_t* __restrict__ pos,
-                             int window, int n_splits, const float* __restrict__ work_o,
+    attention_combine_kernel(int n_heads, int head_dim, const int32_t* __restrict__ pos, int window,
+                             int n_splits, const float* __restrict__ work_o,
                              const float* __restrict__ work_ml, float* __restrict__ out) {
   const int64_t row = blockIdx.x;  // t * n_heads + h
   const int t = static_cast<int>(row / n_heads);
@@ -485,9 +485,9 @@ __global__ void __launch_bounds__(kTileThreads, 2)
                            const float* const* __restrict__ v_slots, int64_t layer_offset,
                            int capacity, float scale, int window, float* __restrict__ out) {
   constexpr int BK = TileK<HD>::value;
-  constexpr int NB = BK / 16;  // score columns per thread
-  constexpr int NC = HD / 16;  // output dimensions per thread
-  constexpr int NA = kTileQ / 16;  // query rows per thread
+  constexpr int NB = BK / 16;                           // score columns per thread
+  constexpr int NC = HD / 16;                           // output dimensions per thread
+  constexpr int NA = kTileQ / 16;                       // query rows per thread
   constexpr int QS = HD + 1, KS = HD + 1, PS = BK + 1;  // padded row strides
   extern __shared__ float smem[];
   float* Qs = smem;              // [kTileQ, QS]
@@ -517,9 +517,8 @@ __global__ void __launch_bounds__(kTileThreads, 2)
 
     for (int idx = tid; idx < kTileQ * HD; idx += kTileThreads) {
       const int r = idx / HD, d = idx % HD;
-      Qs[r * QS + d] = (r >= rs && r < re)
-                           ? q[int64_t(t0 + r) * q_stride + int64_t(h) * HD + d]
-                           : 0.f;
+      Qs[r * QS + d] =
+          (r >= rs && r < re) ? q[int64_t(t0 + r) * q_stride + int64_t(h) * HD + d] : 0.f;
     }
     int qpos[NA];
     bool qvalid[NA];
@@ -676,8 +675,8 @@ bool kernels_runnable(std::string* why) {
     cudaDeviceProp prop{};
     std::string arch = "?";
     if (cudaGetDevice(&dev) == cudaSuccess && cudaGetDeviceProperties(&prop, dev) == cudaSuccess)
-      arch = "sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + " (" + prop.name +
-             ")";
+      arch =
+          "sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + " (" + prop.name + ")";
     (void)cudaGetLastError();
     *why = "the CUDA kernels of this build cannot run on device " + arch + ": " +
            cudaGetErrorString(e) +
@@ -685,7 +684,6 @@ bool kernels_runnable(std::string* why) {
   }
   return false;
 }
-
 
 void* device_alloc(size_t bytes, const char* what) {
   if (bytes == 0) return nullptr;
@@ -696,8 +694,7 @@ void* device_alloc(size_t bytes, const char* what) {
     std::string msg = std::string("CUDA: cannot allocate ") + std::to_string(bytes) + " bytes (" +
                       std::to_string(bytes >> 20) + " MiB) for " + what + ": " +
                       cudaGetErrorString(e);
-    if (e == cudaErrorMemoryAllocation)
-      msg += "; " + memory_report() + "; " + kOomAdvice;
+    if (e == cudaErrorMemoryAllocation) msg += "; " + memory_report() + "; " + kOomAdvice;
     fail(msg);
   }
   return p;
@@ -772,16 +769,15 @@ void gather_rows(const float* x, const int32_t* rows, int n_rows, int d, float* 
   CUDA_CHECK_LAUNCH();
 }
 
-void rms_norm(const float* x, const float* w, int n, int d, float eps, float* out,
-              Stream stream) {
+void rms_norm(const float* x, const float* w, int n, int d, float eps, float* out, Stream stream) {
   if (n <= 0) return;
   check_arg(d > 0, "rms_norm", "d must be positive");
   rms_norm_kernel<<<n, kThreads, 0, stream>>>(x, w, d, eps, out);
   CUDA_CHECK_LAUNCH();
 }
 
-void layer_norm(const float* x, const float* w, const float* b, int n, int d, float eps,
-                float* out, Stream stream) {
+void layer_norm(const float* x, const float* w, const float* b, int n, int d, float eps, float* out,
+                Stream stream) {
   if (n <= 0) return;
   check_arg(d > 0, "layer_norm", "d must be positive");
   layer_norm_kernel<<<n, kThreads, 0, stream>>>(x, w, b, d, eps, out);
@@ -793,13 +789,13 @@ void rope(float* x, int64_t row_stride, int n, int n_heads, int head_dim, int ro
   if (n <= 0) return;
   check_arg(n_heads > 0 && head_dim > 0 && rope_dim > 0 && rope_dim % 2 == 0 &&
                 rope_dim <= head_dim && row_stride >= int64_t(n_heads) * head_dim,
-            "rope", "bad shape (need 0 < rope_dim <= head_dim, rope_dim even, row_stride >= "
-                    "n_heads * head_dim)");
+            "rope",
+            "bad shape (need 0 < rope_dim <= head_dim, rope_dim even, row_stride >= "
+            "n_heads * head_dim)");
   const int half = rope_dim / 2;
   const int64_t total = int64_t(n) * n_heads * half;
-  rope_kernel<<<grid_for(total, kThreads), kThreads, 0, stream>>>(x, row_stride, n, n_heads,
-                                                                  head_dim, half, pos, inv_freq,
-                                                                  neox);
+  rope_kernel<<<grid_for(total, kThreads), kThreads, 0, stream>>>(
+      x, row_stride, n, n_heads, head_dim, half, pos, inv_freq, neox);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -862,14 +858,18 @@ void kv_append(const float* k, const float* v, int64_t row_stride, int n, int n_
 
 namespace {
 
-void check_attention_args(int64_t q_stride, int n_heads, int n_kv_heads, int head_dim,
-                          int layer, int capacity, int window) {
+void check_attention_args(int64_t q_stride, int n_heads, int n_kv_heads, int head_dim, int layer,
+                          int capacity, int window) {
   check_arg(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, "attention",
-            "n_heads (" + std::to_string(n_heads) + ") must be a positive multiple of "
-            "n_kv_heads (" + std::to_string(n_kv_heads) + ")");
+            "n_heads (" + std::to_string(n_heads) +
+                ") must be a positive multiple of "
+                "n_kv_heads (" +
+                std::to_string(n_kv_heads) + ")");
   check_arg(head_dim > 0 && head_dim % 2 == 0 && head_dim <= kMaxHeadDim, "attention",
-            "head_dim " + std::to_string(head_dim) + " is not supported by the CUDA backend "
-            "(even, at most " + std::to_string(kMaxHeadDim) + ")");
+            "head_dim " + std::to_string(head_dim) +
+                " is not supported by the CUDA backend "
+                "(even, at most " +
+                std::to_string(kMaxHeadDim) + ")");
   check_arg(q_stride >= int64_t(n_heads) * head_dim && capacity > 0 && layer >= 0 && window >= 0,
             "attention", "bad shape");
 }
@@ -903,28 +903,25 @@ void launch_tiled(const float* q, int64_t q_stride, int n, int n_heads, int grou
                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(smem)));
   const dim3 grid(static_cast<unsigned>(n_heads), static_cast<unsigned>((n + kTileQ - 1) / kTileQ));
-  attention_tiled_kernel<HD><<<grid, kTileThreads, smem, stream>>>(
-      q, q_stride, n, n_heads, group, seq, pos, k_slots, v_slots, layer_offset, capacity, scale,
-      window, out);
+  attention_tiled_kernel<HD>
+      <<<grid, kTileThreads, smem, stream>>>(q, q_stride, n, n_heads, group, seq, pos, k_slots,
+                                             v_slots, layer_offset, capacity, scale, window, out);
   CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
 
-size_t attention_workspace_bytes(int n, int n_heads, int n_kv_heads, int head_dim,
-                                 int capacity) {
+size_t attention_workspace_bytes(int n, int n_heads, int n_kv_heads, int head_dim, int capacity) {
   if (n <= 0 || !use_split(n) || n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads != 0 ||
       capacity <= 0)
     return 0;
-  return split_workspace_bytes(n, n_heads, head_dim,
-                               split_count(n, n_heads, n_kv_heads, capacity));
+  return split_workspace_bytes(n, n_heads, head_dim, split_count(n, n_heads, n_kv_heads, capacity));
 }
 
-void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_heads,
-               int head_dim, const int32_t* seq, const int32_t* pos,
-               const float* const* k_slots, const float* const* v_slots, int layer,
-               int capacity, float scale, int window, void* workspace, size_t workspace_bytes,
-               float* out, Stream stream) {
+void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_heads, int head_dim,
+               const int32_t* seq, const int32_t* pos, const float* const* k_slots,
+               const float* const* v_slots, int layer, int capacity, float scale, int window,
+               void* workspace, size_t workspace_bytes, float* out, Stream stream) {
   if (n <= 0) return;
   check_attention_args(q_stride, n_heads, n_kv_heads, head_dim, layer, capacity, window);
   const int64_t layer_offset = int64_t(layer) * n_kv_heads * capacity * head_dim;
@@ -940,19 +937,19 @@ void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_he
     float* work_ml = work_o + size_t(n) * n_heads * splits * head_dim;  // [.., splits, 2]
     const int n_sub = (group + kSplitMaxG - 1) / kSplitMaxG;
     const int gmax = std::min(group, kSplitMaxG);
-    const size_t smem =
-        sizeof(float) * (size_t(gmax) * head_dim + kSplitMaxG * (kSplitTile + 3));
+    const size_t smem = sizeof(float) * (size_t(gmax) * head_dim + kSplitMaxG * (kSplitTile + 3));
     const dim3 grid(static_cast<unsigned>(n * n_kv_heads * n_sub), static_cast<unsigned>(splits));
     attention_split_kernel<<<grid, kSplitThreads, smem, stream>>>(
-        q, q_stride, n_heads, n_kv_heads, group, head_dim, seq, pos, k_slots, v_slots,
-        layer_offset, capacity, scale, window, splits, work_o, work_ml);
+        q, q_stride, n_heads, n_kv_heads, group, head_dim, seq, pos, k_slots, v_slots, layer_offset,
+        capacity, scale, window, splits, work_o, work_ml);
     CUDA_CHECK_LAUNCH();
     attention_combine_kernel<<<static_cast<unsigned>(n * n_heads), kSplitThreads, 0, stream>>>(
         n_heads, head_dim, pos, window, splits, work_o, work_ml, out);
     CUDA_CHECK_LAUNCH();
     return;
   }
-  check_arg((int64_t(n) + kTileQ - 1) / kTileQ <= 65535, "attention", "too many tokens in one call");
+  check_arg((int64_t(n) + kTileQ - 1) / kTileQ <= 65535, "attention",
+            "too many tokens in one call");
   if (head_dim == 128) {
     launch_tiled<128>(q, q_stride, n, n_heads, group, seq, pos, k_slots, v_slots, layer_offset,
                       capacity, scale, window, out, stream);
@@ -973,10 +970,10 @@ void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_he
   CUDA_CHECK_LAUNCH();
 }
 
-void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_heads,
-               int head_dim, const int32_t* seq, const int32_t* pos,
-               const float* const* k_slots, const float* const* v_slots, int layer,
-               int capacity, float scale, int window, float* out, Stream stream) {
+void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_heads, int head_dim,
+               const int32_t* seq, const int32_t* pos, const float* const* k_slots,
+               const float* const* v_slots, int layer, int capacity, float scale, int window,
+               float* out, Stream stream) {
   if (n <= 0) return;
   check_attention_args(q_stride, n_heads, n_kv_heads, head_dim, layer, capacity, window);
   const size_t bytes = attention_workspace_bytes(n, n_heads, n_kv_heads, head_dim, capacity);

@@ -67,8 +67,8 @@ void add_positions(float* x,            // [n, d]
                    const int32_t* pos,  // [n]
                    int offset, int n, int d, Stream stream);
 // out[r, :] = x[rows[r], :] (the rows that want logits).
-void gather_rows(const float* x,        // [n, d]
-                 const int32_t* rows,   // [n_rows]
+void gather_rows(const float* x,       // [n, d]
+                 const int32_t* rows,  // [n_rows]
                  int n_rows, int d,
                  float* out,  // [n_rows, d]
                  Stream stream);
@@ -91,11 +91,10 @@ void layer_norm(const float* x,  // [n, d]
 // x may be the Q or K part of the fused QKV buffer (row_stride = its row width) or a plain
 // [n, n_heads, head_dim] array (row_stride = n_heads * head_dim).
 // neox: rotate (i, i + rope_dim/2); else (2i, 2i + 1). Dimensions past rope_dim are unchanged.
-void rope(float* x,              // [n, row_stride], heads at [h * head_dim, (h+1) * head_dim)
-          int64_t row_stride,
-          int n, int n_heads, int head_dim, int rope_dim,
-          const int32_t* pos,       // [n]
-          const float* inv_freq,    // [rope_dim / 2]
+void rope(float* x,  // [n, row_stride], heads at [h * head_dim, (h+1) * head_dim)
+          int64_t row_stride, int n, int n_heads, int head_dim, int rope_dim,
+          const int32_t* pos,     // [n]
+          const float* inv_freq,  // [rope_dim / 2]
           bool neox, Stream stream);
 
 // y[r, c] += bias[c].
@@ -116,26 +115,26 @@ void add(float* x, const float* y, int64_t n, Stream stream);  // x, y: [n]
 // y = x W^T (+ bias), as cpu::Linear::forward: x is rounded to bf16 into x_bf16 (a workspace),
 // then cublasGemmEx with bf16 inputs, float32 accumulation and float32 output.
 void linear(BlasHandle handle,
-            const uint16_t* w,   // [out, in] bf16, row-major (the checkpoint's layout)
-            const float* bias,   // [out] or nullptr
-            const float* x,      // [m, in]
-            uint16_t* x_bf16,    // [m, in] workspace
-            float* y,            // [m, out]
+            const uint16_t* w,  // [out, in] bf16, row-major (the checkpoint's layout)
+            const float* bias,  // [out] or nullptr
+            const float* x,     // [m, in]
+            uint16_t* x_bf16,   // [m, in] workspace
+            float* y,           // [m, out]
             int m, int in, int out, Stream stream);
 
 // ---- KV cache and attention ------------------------------------------------------------------
 // Appends token t's K and V heads at position pos[t] of sequence seq[t], layer `layer`:
 //   k_slots[s] + layer * n_kv_heads * capacity * head_dim + (h * capacity + pos) * head_dim.
 // k and v may be the K and V parts of the fused QKV buffer (row_stride = its row width).
-void kv_append(const float* k,         // [n, row_stride], head h at [h * head_dim, ...)
-               const float* v,         // [n, row_stride]
-               int64_t row_stride,
-               int n, int n_kv_heads, int head_dim,
-               const int32_t* seq,     // [n]
-               const int32_t* pos,     // [n]
-               float* const* k_slots,  // [max_sequences] -> [n_layers][n_kv_heads, capacity, head_dim]
-               float* const* v_slots,  // [max_sequences] -> same layout
-               int layer, int capacity, Stream stream);
+void kv_append(
+    const float* k,  // [n, row_stride], head h at [h * head_dim, ...)
+    const float* v,  // [n, row_stride]
+    int64_t row_stride, int n, int n_kv_heads, int head_dim,
+    const int32_t* seq,     // [n]
+    const int32_t* pos,     // [n]
+    float* const* k_slots,  // [max_sequences] -> [n_layers][n_kv_heads, capacity, head_dim]
+    float* const* v_slots,  // [max_sequences] -> same layout
+    int layer, int capacity, Stream stream);
 
 // Causal GQA attention over the device KV cache, float32 with an online (tiled) softmax: token t
 // (sequence seq[t], position pos[t]) attends to positions [max(0, pos[t] - window + 1), pos[t]]
@@ -149,25 +148,24 @@ void kv_append(const float* k,         // [n, row_stride], head h at [h * head_d
 //    consecutive tokens of one sequence at consecutive positions share each K/V tile read.
 //  - otherwise: one block per (token, head).
 constexpr int kMaxHeadDim = 256;
-void attention(const float* q,               // [n, q_stride], head h at [h * head_dim, ...)
-               int64_t q_stride,
-               int n, int n_heads, int n_kv_heads, int head_dim,
-               const int32_t* seq,           // [n]
-               const int32_t* pos,           // [n]
-               const float* const* k_slots,  // [max_sequences] -> [n_layers][n_kv_heads, capacity, head_dim]
-               const float* const* v_slots,  // [max_sequences] -> same layout
-               int layer, int capacity, float scale, int window,
-               float* out,  // [n, n_heads, head_dim]
-               Stream stream);
+void attention(
+    const float* q,  // [n, q_stride], head h at [h * head_dim, ...)
+    int64_t q_stride, int n, int n_heads, int n_kv_heads, int head_dim,
+    const int32_t* seq,           // [n]
+    const int32_t* pos,           // [n]
+    const float* const* k_slots,  // [max_sequences] -> [n_layers][n_kv_heads, capacity, head_dim]
+    const float* const* v_slots,  // [max_sequences] -> same layout
+    int layer, int capacity, float scale, int window,
+    float* out,  // [n, n_heads, head_dim]
+    Stream stream);
 
 // The same with a caller-owned workspace of at least attention_workspace_bytes(n, ...) bytes
 // (0 is fine when that is 0). CUDA builds only (the CUDA backend): no no-CUDA stub.
 size_t attention_workspace_bytes(int n, int n_heads, int n_kv_heads, int head_dim, int capacity);
-void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_heads,
-               int head_dim, const int32_t* seq, const int32_t* pos,
-               const float* const* k_slots, const float* const* v_slots, int layer,
-               int capacity, float scale, int window, void* workspace, size_t workspace_bytes,
-               float* out, Stream stream);
+void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_heads, int head_dim,
+               const int32_t* seq, const int32_t* pos, const float* const* k_slots,
+               const float* const* v_slots, int layer, int capacity, float scale, int window,
+               void* workspace, size_t workspace_bytes, float* out, Stream stream);
 
 // out[r] = index of the largest x[r, :] (the first one on ties).
 void argmax(const float* x,  // [n_rows, width]

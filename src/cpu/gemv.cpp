@@ -24,8 +24,8 @@ float bf16_to_float(uint16_t b) {
 }
 
 // ---- portable paths -------------------------------------------------------------------------
-void rows_f32_portable(const float* w, const float* x, float* y, int m, int out, int in,
-                       int o0, int o1) {
+void rows_f32_portable(const float* w, const float* x, float* y, int m, int out, int in, int o0,
+                       int o1) {
   for (int o = o0; o < o1; ++o) {
     const float* row = w + static_cast<int64_t>(o) * in;
     for (int r = 0; r < m; ++r) {
@@ -68,8 +68,8 @@ __attribute__((target("avx512f"))) void rows_f32_avx512(const float* w, const fl
       const __mmask16 k = static_cast<__mmask16>((1u << (in - i)) - 1);
       const __m512 wv = _mm512_maskz_loadu_ps(k, row + i);
       for (int r = 0; r < m; ++r)
-        acc[r] = _mm512_fmadd_ps(
-            wv, _mm512_maskz_loadu_ps(k, x + static_cast<int64_t>(r) * in + i), acc[r]);
+        acc[r] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(k, x + static_cast<int64_t>(r) * in + i),
+                                 acc[r]);
     }
     for (int r = 0; r < m; ++r) y[static_cast<int64_t>(r) * out + o] = _mm512_reduce_add_ps(acc[r]);
   }
@@ -106,8 +106,7 @@ bool has_avx512f() {
   return yes;
 }
 bool has_avx512bf16() {
-  static const bool yes = __builtin_cpu_supports("avx512f") &&
-                          __builtin_cpu_supports("avx512bw") &&
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512bf16");
   return yes;
 }
@@ -131,8 +130,10 @@ void gemv_f32(const float* w, const float* x, const float* bias, float* y, int m
   const bool avx = has_avx512f();
   run_chunks(
       [&](int o0, int o1) {
-        if (avx) rows_f32_avx512(w, x, y, m, out, in, o0, o1);
-        else rows_f32_portable(w, x, y, m, out, in, o0, o1);
+        if (avx)
+          rows_f32_avx512(w, x, y, m, out, in, o0, o1);
+        else
+          rows_f32_portable(w, x, y, m, out, in, o0, o1);
       },
       bias, y, m, out);
 }
@@ -142,8 +143,10 @@ void gemv_bf16(const uint16_t* w, const uint16_t* x, const float* bias, float* y
   const bool avx = has_avx512bf16();
   run_chunks(
       [&](int o0, int o1) {
-        if (avx) rows_bf16_avx512(w, x, y, m, out, in, o0, o1);
-        else rows_bf16_portable(w, x, y, m, out, in, o0, o1);
+        if (avx)
+          rows_bf16_avx512(w, x, y, m, out, in, o0, o1);
+        else
+          rows_bf16_portable(w, x, y, m, out, in, o0, o1);
       },
       bias, y, m, out);
 }

@@ -24,8 +24,7 @@ struct Linear::Impl {
   std::unordered_map<int, dnnl::matmul> by_m;  // one primitive per row count m
 };
 
-Linear::Linear(int out, int in, std::vector<float> weight, std::vector<float> bias,
-               WeightType type)
+Linear::Linear(int out, int in, std::vector<float> weight, std::vector<float> bias, WeightType type)
     : out_(out), in_(in), type_(type), bias_(std::move(bias)), impl_(std::make_unique<Impl>()) {
   HG_CHECK(out > 0 && in > 0, "Linear: empty weight");
   HG_CHECK(weight.size() == static_cast<size_t>(out) * in, "Linear: weight size mismatch");
@@ -109,16 +108,14 @@ void Linear::forward(const float* x, float* y, int m) const {
   memory dst_mem(dst_md, eng, y);
   std::unordered_map<int, memory> args{
       {DNNL_ARG_SRC, src_mem}, {DNNL_ARG_WEIGHTS, w_mem}, {DNNL_ARG_DST, dst_mem}};
-  if (has_bias())
-    args.emplace(DNNL_ARG_BIAS, memory(b_md, eng, const_cast<float*>(bias_.data())));
+  if (has_bias()) args.emplace(DNNL_ARG_BIAS, memory(b_md, eng, const_cast<float*>(bias_.data())));
   dnnl::stream stream(eng);
   prim.execute(stream, args);
   stream.wait();
 }
 
 Linear concat_rows(int in_features, std::vector<std::vector<float>> weights,
-                   std::vector<std::vector<float>> biases, std::vector<int> outs,
-                   WeightType type) {
+                   std::vector<std::vector<float>> biases, std::vector<int> outs, WeightType type) {
   HG_CHECK(weights.size() == outs.size() && biases.size() == outs.size(),
            "concat_rows: mismatched parts");
   int total = 0;
@@ -134,8 +131,10 @@ Linear concat_rows(int in_features, std::vector<std::vector<float>> weights,
     w.insert(w.end(), weights[i].begin(), weights[i].end());
     std::vector<float>().swap(weights[i]);
     if (any_bias) {
-      if (biases[i].empty()) b.insert(b.end(), outs[i], 0.f);
-      else b.insert(b.end(), biases[i].begin(), biases[i].end());
+      if (biases[i].empty())
+        b.insert(b.end(), outs[i], 0.f);
+      else
+        b.insert(b.end(), biases[i].begin(), biases[i].end());
     }
   }
   return Linear(total, in_features, std::move(w), std::move(b), type);

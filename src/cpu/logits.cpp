@@ -48,9 +48,12 @@ using BlockFn = void (*)(const Ctx&, int h, int t0, int t1, int j0, int gs);
 // ---- portable path ---------------------------------------------------------------------------
 inline float key_at(KeyDType t, const void* base, int64_t i) {
   switch (t) {
-    case KeyDType::kF32: return static_cast<const float*>(base)[i];
-    case KeyDType::kF16: return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
-    case KeyDType::kBF16: return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    case KeyDType::kF32:
+      return static_cast<const float*>(base)[i];
+    case KeyDType::kF16:
+      return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    case KeyDType::kBF16:
+      return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
   }
   return 0.f;
 }
@@ -165,8 +168,7 @@ HG_AVX512BF16 void block_bf16dp(const Ctx& c, int h, int t0, int t1, int j0, int
   const LogitsProblem& p = *c.p;
   const int d = p.head_dim;
   const int nch = NCH > 0 ? NCH : (d + 31) / 32;
-  const __mmask32 tail =
-      static_cast<__mmask32>(d % 32 == 0 ? 0xFFFFFFFFu : (1u << (d % 32)) - 1);
+  const __mmask32 tail = static_cast<__mmask32>(d % 32 == 0 ? 0xFFFFFFFFu : (1u << (d % 32)) - 1);
   const uint16_t* q = c.qbf + static_cast<int64_t>(h * p.group + j0) * c.qpad;  // [G, qpad]
   const uint16_t* keys = static_cast<const uint16_t*>(p.keys.data);
   __m512bh qreg[G][NCH > 0 ? NCH : 1];
@@ -194,8 +196,8 @@ HG_AVX512BF16 void block_bf16dp(const Ctx& c, int h, int t0, int t1, int j0, int
         }
       } else {
         for (int ch = 0; ch < nch; ++ch) {
-          const __m512bh kv = (__m512bh)_mm512_maskz_loadu_epi16(
-              ch + 1 == nch ? tail : 0xFFFFFFFFu, k + 32 * ch);
+          const __m512bh kv =
+              (__m512bh)_mm512_maskz_loadu_epi16(ch + 1 == nch ? tail : 0xFFFFFFFFu, k + 32 * ch);
           for (int j = 0; j < G; ++j)
             acc[j] = _mm512_dpbf16_ps(acc[j], kv,
                                       (__m512bh)_mm512_loadu_si512(q + j * c.qpad + 32 * ch));
@@ -216,9 +218,12 @@ BlockFn simd_fn(LogitsPath path, KeyDType t, int head_dim) {
     return &block_bf16dp<G, 0>;
   }
   switch (t) {
-    case KeyDType::kF32: return &block_avx512<KeyDType::kF32, G>;
-    case KeyDType::kF16: return &block_avx512<KeyDType::kF16, G>;
-    case KeyDType::kBF16: return &block_avx512<KeyDType::kBF16, G>;
+    case KeyDType::kF32:
+      return &block_avx512<KeyDType::kF32, G>;
+    case KeyDType::kF16:
+      return &block_avx512<KeyDType::kF16, G>;
+    case KeyDType::kBF16:
+      return &block_avx512<KeyDType::kBF16, G>;
   }
   return nullptr;
 }
@@ -226,21 +231,28 @@ BlockFn simd_fn(LogitsPath path, KeyDType t, int head_dim) {
 BlockFn block_fn(LogitsPath path, KeyDType t, int d, int gs) {
   if (path == LogitsPath::kPortable) return &block_portable;
   switch (gs) {
-    case 1: return simd_fn<1>(path, t, d);
-    case 2: return simd_fn<2>(path, t, d);
-    case 3: return simd_fn<3>(path, t, d);
-    case 4: return simd_fn<4>(path, t, d);
-    case 5: return simd_fn<5>(path, t, d);
-    case 6: return simd_fn<6>(path, t, d);
-    case 7: return simd_fn<7>(path, t, d);
-    case 8: return simd_fn<8>(path, t, d);
+    case 1:
+      return simd_fn<1>(path, t, d);
+    case 2:
+      return simd_fn<2>(path, t, d);
+    case 3:
+      return simd_fn<3>(path, t, d);
+    case 4:
+      return simd_fn<4>(path, t, d);
+    case 5:
+      return simd_fn<5>(path, t, d);
+    case 6:
+      return simd_fn<6>(path, t, d);
+    case 7:
+      return simd_fn<7>(path, t, d);
+    case 8:
+      return simd_fn<8>(path, t, d);
   }
   return nullptr;
 }
 
 bool cpu_has_avx512() {
-  static const bool yes = __builtin_cpu_supports("avx512f") &&
-                          __builtin_cpu_supports("avx512bw") &&
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vl");
   return yes;
 }
@@ -255,19 +267,26 @@ int key_dtype_bytes(KeyDType t) { return t == KeyDType::kF32 ? 4 : 2; }
 
 const char* key_dtype_name(KeyDType t) {
   switch (t) {
-    case KeyDType::kF32: return "f32";
-    case KeyDType::kF16: return "f16";
-    case KeyDType::kBF16: return "bf16";
+    case KeyDType::kF32:
+      return "f32";
+    case KeyDType::kF16:
+      return "f16";
+    case KeyDType::kBF16:
+      return "bf16";
   }
   return "?";
 }
 
 const char* logits_path_name(LogitsPath p) {
   switch (p) {
-    case LogitsPath::kAuto: return "auto";
-    case LogitsPath::kPortable: return "portable";
-    case LogitsPath::kAvx512: return "avx512";
-    case LogitsPath::kAvx512Bf16: return "avx512-bf16";
+    case LogitsPath::kAuto:
+      return "auto";
+    case LogitsPath::kPortable:
+      return "portable";
+    case LogitsPath::kAvx512:
+      return "avx512";
+    case LogitsPath::kAvx512Bf16:
+      return "avx512-bf16";
   }
   return "?";
 }
@@ -275,9 +294,12 @@ const char* logits_path_name(LogitsPath p) {
 bool logits_path_supported(LogitsPath p, KeyDType t) {
   switch (p) {
     case LogitsPath::kAuto:
-    case LogitsPath::kPortable: return true;
-    case LogitsPath::kAvx512: return cpu_has_avx512();
-    case LogitsPath::kAvx512Bf16: return t == KeyDType::kBF16 && cpu_has_avx512bf16();
+    case LogitsPath::kPortable:
+      return true;
+    case LogitsPath::kAvx512:
+      return cpu_has_avx512();
+    case LogitsPath::kAvx512Bf16:
+      return t == KeyDType::kBF16 && cpu_has_avx512bf16();
   }
   return false;
 }

@@ -51,8 +51,8 @@ void TokenMap::append(Tier t, int n) {
 }
 
 void TokenMap::move_oldest_to_host(int n) {
-  HG_CHECK(n >= 0 && n <= n_window_, "token map: moving " + str(n) + " of " + str(n_window_) +
-                                         " window tokens");
+  HG_CHECK(n >= 0 && n <= n_window_,
+           "token map: moving " + str(n) + " of " + str(n_window_) + " window tokens");
   int left = n;
   size_t consumed = 0;
   while (left > 0) {
@@ -166,10 +166,14 @@ void HostWindowStore::export_bf16(int slot, int n, uint16_t* k_dst, uint16_t* v_
 // ---- OffloadStore ---------------------------------------------------------------------------
 
 OffloadStore::OffloadStore(memory::HostAllocator& alloc, memory::Role role, int n_kv_heads,
-                           int head_dim, int max_tokens, StoreGrowth growth,
-                           int grow_chunk_tokens)
-    : alloc_(alloc), role_(role), n_kv_heads_(n_kv_heads), head_dim_(head_dim),
-      max_tokens_(max_tokens), growth_(growth), chunk_(std::max(1, grow_chunk_tokens)) {}
+                           int head_dim, int max_tokens, StoreGrowth growth, int grow_chunk_tokens)
+    : alloc_(alloc),
+      role_(role),
+      n_kv_heads_(n_kv_heads),
+      head_dim_(head_dim),
+      max_tokens_(max_tokens),
+      growth_(growth),
+      chunk_(std::max(1, grow_chunk_tokens)) {}
 
 OffloadStore::~OffloadStore() {
   if (data_) alloc_.deallocate(data_, reserved_bytes());
@@ -225,12 +229,16 @@ TierBytes& TierBytes::operator+=(const TierBytes& o) {
 
 TieredLayerKv::TieredLayerKv(const TieredConfig& cfg, memory::HostAllocator& alloc,
                              const WindowFactory& make_window)
-    : n_kv_heads_(cfg.n_kv_heads), head_dim_(cfg.head_dim), context_(cfg.context),
-      window_budget_(cfg.window), alloc_(alloc), make_window_(make_window),
+    : n_kv_heads_(cfg.n_kv_heads),
+      head_dim_(cfg.head_dim),
+      context_(cfg.context),
+      window_budget_(cfg.window),
+      alloc_(alloc),
+      make_window_(make_window),
       keys_(alloc, memory::Role::kKeys, cfg.n_kv_heads, cfg.head_dim, cfg.context - cfg.window,
             cfg.growth, cfg.grow_chunk_tokens),
-      values_(alloc, memory::Role::kValues, cfg.n_kv_heads, cfg.head_dim,
-              cfg.context - cfg.window, cfg.growth, cfg.grow_chunk_tokens) {}
+      values_(alloc, memory::Role::kValues, cfg.n_kv_heads, cfg.head_dim, cfg.context - cfg.window,
+              cfg.growth, cfg.grow_chunk_tokens) {}
 
 void TieredLayerKv::clear() {
   map_.clear();
@@ -276,7 +284,7 @@ void TieredLayerKv::append(int n, const float* k, const float* v) {
     // New tokens that would leave the window at once go straight to the host stores.
     const int o = keys_.n_tokens();
     const int64_t tok_stride = static_cast<int64_t>(n_kv_heads_) * head_dim_;
-#pragma omp parallel for schedule(static) if (static_cast<int64_t>(direct) * tok_stride > 65536)
+#pragma omp parallel for schedule(static) if (static_cast <int64_t>(direct) * tok_stride > 65536)
     for (int h = 0; h < n_kv_heads_; ++h) {
       for (int t = 0; t < direct; ++t) {
         const int64_t src = t * tok_stride + static_cast<int64_t>(h) * head_dim_;
@@ -359,8 +367,10 @@ void concat_tiers(const TieredLayerKv& kv, const int32_t* host_sel, int n_sel,
   auto next_host = [&]() {
     if (j >= n_sel) return;
     const int s = host_sel ? host_sel[j] : j;
-    HG_CHECK(s > prev && s < n_host, "token concatenator: host selection must be ascending "
-                                     "indices below the offloaded count " + str(n_host));
+    HG_CHECK(s > prev && s < n_host,
+             "token concatenator: host selection must be ascending "
+             "indices below the offloaded count " +
+                 str(n_host));
     prev = s;
     hpos = hc.position(s);
   };
@@ -372,7 +382,8 @@ void concat_tiers(const TieredLayerKv& kv, const int32_t* host_sel, int n_sel,
   while (j < n_sel || i < n_win) {
     const bool take_host = i >= n_win || (j < n_sel && hpos < wpos);
     if (take_host) {
-      std::memcpy(out + static_cast<int64_t>(r) * width, host_rows + static_cast<int64_t>(j) * width, row);
+      std::memcpy(out + static_cast<int64_t>(r) * width,
+                  host_rows + static_cast<int64_t>(j) * width, row);
       if (out_positions) out_positions[r] = hpos;
       ++j;
       next_host();
@@ -410,12 +421,11 @@ void VStaging::gather(const OffloadStore& values, const TokenSelection& sel) {
            "V staging: selection too short");
   const int n = values.n_tokens();
   for (int64_t e = 0; e < static_cast<int64_t>(sel.k) * n_kv_heads_; ++e)
-    HG_CHECK(sel.idx[e] >= 0 && sel.idx[e] < n,
-             "V staging: selected token " + str(sel.idx[e]) + " is not offloaded (" + str(n) +
-                 " are)");
+    HG_CHECK(sel.idx[e] >= 0 && sel.idx[e] < n, "V staging: selected token " + str(sel.idx[e]) +
+                                                    " is not offloaded (" + str(n) + " are)");
   const size_t row = static_cast<size_t>(head_dim_) * sizeof(uint16_t);
   const int k = sel.k;
-#pragma omp parallel for schedule(static) if (static_cast<int64_t>(k) * n_kv_heads_ > 4096)
+#pragma omp parallel for schedule(static) if (static_cast <int64_t>(k) * n_kv_heads_ > 4096)
   for (int h = 0; h < n_kv_heads_; ++h) {
     const int32_t* idx = sel.head(h);
     uint16_t* dst = data_ + static_cast<int64_t>(h) * k * head_dim_;
@@ -427,7 +437,8 @@ void VStaging::gather(const OffloadStore& values, const TokenSelection& sel) {
 // ---- TieredKvCache --------------------------------------------------------------------------
 
 TieredConfig validate_config(TieredConfig cfg) {
-  HG_CHECK(cfg.n_kv_heads > 0, "tiered KV: n_kv_heads must be positive, got " + str(cfg.n_kv_heads));
+  HG_CHECK(cfg.n_kv_heads > 0,
+           "tiered KV: n_kv_heads must be positive, got " + str(cfg.n_kv_heads));
   HG_CHECK(cfg.head_dim > 0, "tiered KV: head_dim must be positive, got " + str(cfg.head_dim));
   HG_CHECK(cfg.context > 0, "tiered KV: the context size must be positive, got " +
                                 str(cfg.context) + " (-c / --ctx-size)");
@@ -441,8 +452,12 @@ TieredConfig validate_config(TieredConfig cfg) {
 
 TieredKvCache::TieredKvCache(int n_layers, const TieredConfig& cfg, int max_sequences,
                              memory::HostAllocator& alloc, WindowFactory make_window)
-    : n_layers_(n_layers), cfg_(validate_config(cfg)), requested_window_(cfg.window),
-      alloc_(alloc), make_window_(std::move(make_window)), seqs_(std::max(0, max_sequences)) {
+    : n_layers_(n_layers),
+      cfg_(validate_config(cfg)),
+      requested_window_(cfg.window),
+      alloc_(alloc),
+      make_window_(std::move(make_window)),
+      seqs_(std::max(0, max_sequences)) {
   HG_CHECK(n_layers > 0, "tiered KV: n_layers must be positive, got " + str(n_layers));
   HG_CHECK(max_sequences > 0, "tiered KV: need at least one sequence, got " + str(max_sequences));
   if (!make_window_) {

@@ -90,8 +90,8 @@ class TokenMap {
   int position(Tier t, int i) const;
 
   // Mutations used by the eviction engine.
-  void append(Tier t, int n);           // n new positions at the end go to tier t
-  void move_oldest_to_host(int n);      // the window's n lowest positions move to the host tier
+  void append(Tier t, int n);       // n new positions at the end go to tier t
+  void move_oldest_to_host(int n);  // the window's n lowest positions move to the host tier
   void clear();
 
  private:
@@ -179,7 +179,9 @@ class OffloadStore {
   int64_t head_stride() const { return static_cast<int64_t>(capacity_) * head_dim_; }
   const uint16_t* data() const { return data_; }
   uint16_t* data() { return data_; }
-  const uint16_t* row(int h, int i) const { return data_ + h * head_stride() + int64_t{i} * head_dim_; }
+  const uint16_t* row(int h, int i) const {
+    return data_ + h * head_stride() + int64_t{i} * head_dim_;
+  }
   uint16_t* row(int h, int i) { return data_ + h * head_stride() + int64_t{i} * head_dim_; }
   // Bumped whenever the data pointer changes (kGrow relocation).
   uint64_t generation() const { return generation_; }
@@ -188,8 +190,8 @@ class OffloadStore {
   cpu::KeysView keys_view() const;
 
   uint64_t row_bytes() const { return static_cast<uint64_t>(n_kv_heads_) * head_dim_ * 2; }
-  uint64_t used_bytes() const { return row_bytes() * n_tokens_; }       // exact offloaded bytes
-  uint64_t reserved_bytes() const { return row_bytes() * capacity_; }   // allocated
+  uint64_t used_bytes() const { return row_bytes() * n_tokens_; }      // exact offloaded bytes
+  uint64_t reserved_bytes() const { return row_bytes() * capacity_; }  // allocated
 
  private:
   memory::HostAllocator& alloc_;

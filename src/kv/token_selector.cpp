@@ -26,7 +26,7 @@ struct Better {
   bool operator()(int32_t a, int32_t b) const {
     const float sa = s[a], sb = s[b];
     const bool na = std::isnan(sa), nb = std::isnan(sb);
-    if (na != nb) return nb;           // the non-NaN one is better
+    if (na != nb) return nb;  // the non-NaN one is better
     if (!na && sa != sb) return sa > sb;
     return a < b;
   }
@@ -49,7 +49,8 @@ void combine_group(const float* rows, int group, int n, int64_t stride, GroupCom
     if (c == GroupCombine::kMax) {
       // NaN-propagating max: a NaN logit is a fault upstream, keep it visible (it ranks last).
       for (int t = 0; t < n; ++t)
-        score[t] = (std::isnan(score[t]) || std::isnan(r[t])) ? std::nanf("") : std::max(score[t], r[t]);
+        score[t] =
+            (std::isnan(score[t]) || std::isnan(r[t])) ? std::nanf("") : std::max(score[t], r[t]);
     } else {
       for (int t = 0; t < n; ++t) score[t] += r[t];
     }
@@ -103,8 +104,8 @@ TokenSelection select_top_k(const float* logits, int n_kv_heads, int group, int 
 
 TokenSelection select_sinks_recent(int n_kv_heads, int n_tokens, int k, int n_sinks) {
   check_counts("select_sinks_recent", n_kv_heads, n_tokens, k);
-  HG_CHECK(n_sinks >= 0, "select_sinks_recent: n_sinks must be >= 0, got " +
-                             std::to_string(n_sinks));
+  HG_CHECK(n_sinks >= 0,
+           "select_sinks_recent: n_sinks must be >= 0, got " + std::to_string(n_sinks));
   if (k >= n_tokens) return select_all(n_kv_heads, n_tokens);
   const int sinks = std::min(n_sinks, k);
   TokenSelection s = make(n_kv_heads, k);
@@ -120,8 +121,8 @@ TokenSelection select_sinks_recent(int n_kv_heads, int n_tokens, int k, int n_si
 // ---- H2O --------------------------------------------------------------------------------------
 HeavyHitterAccumulator::HeavyHitterAccumulator(int n_kv_heads)
     : n_kv_heads_(n_kv_heads), score_(std::max(n_kv_heads, 0)) {
-  HG_CHECK(n_kv_heads >= 1, "heavy-hitter accumulator: n_kv_heads must be >= 1, got " +
-                                std::to_string(n_kv_heads));
+  HG_CHECK(n_kv_heads >= 1,
+           "heavy-hitter accumulator: n_kv_heads must be >= 1, got " + std::to_string(n_kv_heads));
 }
 
 void HeavyHitterAccumulator::grow(int n_tokens) {
@@ -185,14 +186,13 @@ TokenSelection HeavyHitterAccumulator::select(int n_tokens, int k, int n_recent)
 }
 
 // ---- InfiniGen-style partial dimensions --------------------------------------------------------
-TokenSelection select_partial_dims(const float* q, int64_t q_head_stride, int n_kv_heads,
-                                   int group, int head_dim, const cpu::KeysView& keys,
-                                   int n_tokens, int r, int k, GroupCombine combine) {
+TokenSelection select_partial_dims(const float* q, int64_t q_head_stride, int n_kv_heads, int group,
+                                   int head_dim, const cpu::KeysView& keys, int n_tokens, int r,
+                                   int k, GroupCombine combine) {
   check_counts("select_partial_dims", n_kv_heads, n_tokens, k);
-  HG_CHECK(group >= 1 && head_dim >= 1,
-           "select_partial_dims: group and head_dim must be >= 1");
-  HG_CHECK(r >= 1, "select_partial_dims: r (dimensions kept) must be >= 1, got " +
-                       std::to_string(r));
+  HG_CHECK(group >= 1 && head_dim >= 1, "select_partial_dims: group and head_dim must be >= 1");
+  HG_CHECK(r >= 1,
+           "select_partial_dims: r (dimensions kept) must be >= 1, got " + std::to_string(r));
   if (k >= n_tokens) return select_all(n_kv_heads, n_tokens);
   HG_CHECK(q && keys.data, "select_partial_dims: null q or keys");
   r = std::min(r, head_dim);
@@ -213,11 +213,15 @@ TokenSelection select_partial_dims(const float* q, int64_t q_head_stride, int n_
       for (int d : dims) {
         float kv;
         switch (keys.dtype) {
-          case cpu::KeyDType::kF32: kv = static_cast<const float*>(keys.data)[off + d]; break;
+          case cpu::KeyDType::kF32:
+            kv = static_cast<const float*>(keys.data)[off + d];
+            break;
           case cpu::KeyDType::kF16:
             kv = f16_to_f32(static_cast<const uint16_t*>(keys.data)[off + d]);
             break;
-          default: kv = bf16_to_f32(static_cast<const uint16_t*>(keys.data)[off + d]); break;
+          default:
+            kv = bf16_to_f32(static_cast<const uint16_t*>(keys.data)[off + d]);
+            break;
         }
         for (int j = 0; j < group; ++j)
           approx[static_cast<size_t>(j) * n_tokens + t] += qh[j * q_head_stride + d] * kv;

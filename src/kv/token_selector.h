@@ -99,9 +99,8 @@ class HeavyHitterAccumulator {
 // width and the dims it kept) later.
 //   q: [n_kv_heads * group, head_dim], row qh at q + qh * q_head_stride.
 //   keys: the offloaded keys, [n_kv_heads, n_tokens, head_dim] (cpu::KeysView strides).
-TokenSelection select_partial_dims(const float* q, int64_t q_head_stride, int n_kv_heads,
-                                   int group, int head_dim, const cpu::KeysView& keys,
-                                   int n_tokens, int r, int k,
-                                   GroupCombine combine = GroupCombine::kMax);
+TokenSelection select_partial_dims(const float* q, int64_t q_head_stride, int n_kv_heads, int group,
+                                   int head_dim, const cpu::KeysView& keys, int n_tokens, int r,
+                                   int k, GroupCombine combine = GroupCombine::kMax);
 
 }  // namespace hybridgen::kv

@@ -8,10 +8,14 @@ namespace hybridgen::memory {
 
 const char* role_name(Role role) {
   switch (role) {
-    case Role::kKeys: return "keys";
-    case Role::kValues: return "values";
-    case Role::kStaging: return "staging";
-    case Role::kOther: return "other";
+    case Role::kKeys:
+      return "keys";
+    case Role::kValues:
+      return "values";
+    case Role::kStaging:
+      return "staging";
+    case Role::kOther:
+      return "other";
   }
   return "?";
 }

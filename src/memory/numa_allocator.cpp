@@ -35,9 +35,12 @@ std::string join(const std::vector<int>& v) {
 std::string human(uint64_t bytes) {
   std::ostringstream o;
   o.precision(3);
-  if (bytes >= (uint64_t{1} << 30)) o << double(bytes) / double(uint64_t{1} << 30) << " GiB";
-  else if (bytes >= (uint64_t{1} << 20)) o << double(bytes) / double(uint64_t{1} << 20) << " MiB";
-  else o << bytes << " B";
+  if (bytes >= (uint64_t{1} << 30))
+    o << double(bytes) / double(uint64_t{1} << 30) << " GiB";
+  else if (bytes >= (uint64_t{1} << 20))
+    o << double(bytes) / double(uint64_t{1} << 20) << " MiB";
+  else
+    o << bytes << " B";
   return o.str();
 }
 
@@ -47,11 +50,16 @@ std::string bytes_str(uint64_t bytes) {
 
 const char* mode_name(int mode) {
   switch (mode) {
-    case MPOL_DEFAULT: return "MPOL_DEFAULT";
-    case MPOL_BIND: return "MPOL_BIND";
-    case MPOL_INTERLEAVE: return "MPOL_INTERLEAVE";
-    case MPOL_PREFERRED: return "MPOL_PREFERRED";
-    case MPOL_LOCAL: return "MPOL_LOCAL";
+    case MPOL_DEFAULT:
+      return "MPOL_DEFAULT";
+    case MPOL_BIND:
+      return "MPOL_BIND";
+    case MPOL_INTERLEAVE:
+      return "MPOL_INTERLEAVE";
+    case MPOL_PREFERRED:
+      return "MPOL_PREFERRED";
+    case MPOL_LOCAL:
+      return "MPOL_LOCAL";
   }
   return "MPOL_?";
 }
@@ -71,9 +79,12 @@ const char* tier_name(Tier tier) { return tier == Tier::kFast ? "fast" : "slow";
 
 const char* policy_name(Policy policy) {
   switch (policy) {
-    case Policy::kSemantic: return "semantic";
-    case Policy::kInterleave: return "interleave";
-    case Policy::kDram: return "dram";
+    case Policy::kSemantic:
+      return "semantic";
+    case Policy::kInterleave:
+      return "interleave";
+    case Policy::kDram:
+      return "dram";
   }
   return "?";
 }
@@ -174,9 +185,10 @@ void apply_policy(void* ptr, size_t bytes, int mode, const std::vector<int>& nod
                   unsigned flags) {
   unsigned long mask[kMaskWords] = {};
   for (int n : nodes) {
-    HG_CHECK(n >= 0 && unsigned(n) < kMaskBits, "mbind: NUMA node " + std::to_string(n) +
-                                                    " is out of range");
-    mask[unsigned(n) / (8 * sizeof(unsigned long))] |= 1UL << (unsigned(n) % (8 * sizeof(unsigned long)));
+    HG_CHECK(n >= 0 && unsigned(n) < kMaskBits,
+             "mbind: NUMA node " + std::to_string(n) + " is out of range");
+    mask[unsigned(n) / (8 * sizeof(unsigned long))] |=
+        1UL << (unsigned(n) % (8 * sizeof(unsigned long)));
   }
   if (mbind(ptr, bytes, mode, nodes.empty() ? nullptr : mask, nodes.empty() ? 0 : kMaskBits,
             flags) != 0) {
@@ -185,7 +197,8 @@ void apply_policy(void* ptr, size_t bytes, int mode, const std::vector<int>& nod
          std::to_string(bytes) + " bytes" + (flags & MPOL_MF_MOVE ? ", MPOL_MF_MOVE" : "") +
          ") failed: " + std::strerror(e) +
          (e == EINVAL ? " (a node that is not online or not allowed by this process' cpuset?)"
-                      : e == EIO ? " (some pages could not be moved: pinned or busy?)" : ""));
+          : e == EIO  ? " (some pages could not be moved: pinned or busy?)"
+                      : ""));
   }
 }
 
@@ -196,9 +209,7 @@ uint64_t TierUsage::tier_total(Tier t) const {
   for (uint64_t b : bytes[size_t(t)]) s += b;
   return s;
 }
-uint64_t TierUsage::role_total(Role r) const {
-  return bytes[0][size_t(r)] + bytes[1][size_t(r)];
-}
+uint64_t TierUsage::role_total(Role r) const { return bytes[0][size_t(r)] + bytes[1][size_t(r)]; }
 
 uint64_t PlacementReport::bytes_on(Role role, int node) const {
   uint64_t s = 0;
@@ -215,9 +226,8 @@ std::string PlacementReport::format() const {
   o << "host memory: policy " << policy << ", fast tier nodes " << join(fast_nodes)
     << ", slow tier nodes " << join(slow_nodes) << (single_tier ? " (one tier)" : "") << "\n";
   for (const auto& e : entries) {
-    o << "  " << role_name(e.role) << " on "
-      << (e.interleaved ? "interleaved" : tier_name(e.tier)) << ": " << human(e.mapped_bytes)
-      << " in " << e.regions << " region(s); kernel reports";
+    o << "  " << role_name(e.role) << " on " << (e.interleaved ? "interleaved" : tier_name(e.tier))
+      << ": " << human(e.mapped_bytes) << " in " << e.regions << " region(s); kernel reports";
     for (const auto& [node, b] : e.bytes_on_node) o << " node" << node << "=" << human(b);
     if (e.bytes_not_present) o << " not-present=" << human(e.bytes_not_present);
     o << " (" << e.pages_queried << " pages queried" << (e.sampled ? ", sampled" : "") << ")\n";
@@ -241,15 +251,16 @@ NumaAllocator::NumaAllocator(TierConfig config, Topology topo)
     for (int id : list) {
       HG_CHECK(topo_.find(id) != nullptr,
                std::string(which) + " tier: NUMA node " + std::to_string(id) +
-                   " does not exist or has no memory (memory nodes on this machine: " +
-                   existing() + ")");
+                   " does not exist or has no memory (memory nodes on this machine: " + existing() +
+                   ")");
       if (std::find(out.begin(), out.end(), id) == out.end()) out.push_back(id);
     }
     return out;
   };
   if (!topo_.numa_available && (!config_.fast_nodes.empty() || !config_.slow_nodes.empty()))
-    fail("NUMA nodes were named for the memory tiers but this kernel has no NUMA support "
-         "(numa_available() < 0)");
+    fail(
+        "NUMA nodes were named for the memory tiers but this kernel has no NUMA support "
+        "(numa_available() < 0)");
   auto& fast = nodes_[0];
   auto& slow = nodes_[1];
   fast = validate(config_.fast_nodes, "fast");
@@ -275,14 +286,17 @@ NumaAllocator::NumaAllocator(TierConfig config, Topology topo)
   }
   for (int id : slow)
     if (std::find(fast.begin(), fast.end(), id) != fast.end())
-      log().warn("memory: node {} is in both the fast and the slow tier; tier placement is "
-                 "bookkeeping only for it", id);
+      log().warn(
+          "memory: node {} is in both the fast and the slow tier; tier placement is "
+          "bookkeeping only for it",
+          id);
 
   single_tier_ = slow.empty();
   if (single_tier_ && config_.policy != Policy::kDram)
-    log().warn("memory: policy {} needs a slow tier but there is none (no CPU-less memory "
-               "node and none named); falling back to one tier (nodes {})",
-               policy_name(config_.policy), join(fast));
+    log().warn(
+        "memory: policy {} needs a slow tier but there is none (no CPU-less memory "
+        "node and none named); falling back to one tier (nodes {})",
+        policy_name(config_.policy), join(fast));
 
   for (size_t t = 0; t < 2; ++t) {
     uint64_t capacity = 0;
@@ -312,8 +326,10 @@ NumaAllocator::NumaAllocator(TierConfig config, Topology topo)
 NumaAllocator::~NumaAllocator() {
   std::lock_guard lock(mu_);
   if (!regions_.empty())
-    log().warn("memory: {} region(s) still allocated when the NUMA allocator was destroyed; "
-               "unmapping them", regions_.size());
+    log().warn(
+        "memory: {} region(s) still allocated when the NUMA allocator was destroyed; "
+        "unmapping them",
+        regions_.size());
   for (auto& [addr, r] : regions_) {
     if (r.dma && hooks_.unregister_fn) hooks_.unregister_fn(reinterpret_cast<void*>(addr));
     munmap(reinterpret_cast<void*>(addr), r.mapped);
@@ -370,12 +386,11 @@ NumaAllocator::Region NumaAllocator::choose(size_t mapped, Role role) {
     return fits(r);
   };
   auto tier_err = [&](const char* what) -> Region {
-    fail(std::string("memory: cannot allocate ") + bytes_str(mapped) + " for " +
-         role_name(role) + ": " + what + " (fast tier nodes " + join(nodes_[0]) + ": " +
+    fail(std::string("memory: cannot allocate ") + bytes_str(mapped) + " for " + role_name(role) +
+         ": " + what + " (fast tier nodes " + join(nodes_[0]) + ": " +
          bytes_str(usage_.tier_total(Tier::kFast)) + " of " + bytes_str(budget_[0]) +
          " in use; slow tier nodes " + join(nodes_[1]) + ": " +
-         bytes_str(usage_.tier_total(Tier::kSlow)) + " of " + bytes_str(budget_[1]) +
-         " in use)");
+         bytes_str(usage_.tier_total(Tier::kSlow)) + " of " + bytes_str(budget_[1]) + " in use)");
   };
   const Policy p = config_.policy;
   if (single_tier_ || p == Policy::kDram || role == Role::kStaging) {
@@ -482,8 +497,8 @@ void* NumaAllocator::allocate(size_t bytes, Role role) {
   if (raw == MAP_FAILED) {
     const int e = errno;
     unreserve();
-    fail("memory: mmap of " + bytes_str(mapped) + " for " + role_name(role) + " failed: " +
-         std::strerror(e));
+    fail("memory: mmap of " + bytes_str(mapped) + " for " + role_name(role) +
+         " failed: " + std::strerror(e));
   }
   uintptr_t base = reinterpret_cast<uintptr_t>(raw);
   if (extra) {
@@ -542,9 +557,10 @@ void* NumaAllocator::allocate(size_t bytes, Role role) {
     } else {
       std::lock_guard lock(mu_);
       ++dma_failures_;
-      log().warn("memory: DMA registration of {} of {} failed ({}); using pageable memory "
-                 "(transfers will be staged by the driver, slower)",
-                 human(mapped), role_name(role), err.empty() ? "no reason given" : err);
+      log().warn(
+          "memory: DMA registration of {} of {} failed ({}); using pageable memory "
+          "(transfers will be staged by the driver, slower)",
+          human(mapped), role_name(role), err.empty() ? "no reason given" : err);
     }
   }
   std::lock_guard lock(mu_);
@@ -580,9 +596,9 @@ void NumaAllocator::migrate_locked(uintptr_t addr, Region& r, Tier to) {
   charge(r, -1);
   if (!fits(moved)) {
     charge(r, +1);
-    fail("memory: cannot migrate " + bytes_str(r.mapped) + " of " + role_name(r.role) +
-         " to the " + tier_name(to) + " tier: its budget of " + bytes_str(budget_[size_t(to)]) +
-         " has " + bytes_str(usage_.tier_total(to)) + " in use");
+    fail("memory: cannot migrate " + bytes_str(r.mapped) + " of " + role_name(r.role) + " to the " +
+         tier_name(to) + " tier: its budget of " + bytes_str(budget_[size_t(to)]) + " has " +
+         bytes_str(usage_.tier_total(to)) + " in use");
   }
   try {
     place(reinterpret_cast<void*>(addr), r.mapped, to, false, MPOL_MF_MOVE | MPOL_MF_STRICT);
@@ -699,8 +715,10 @@ PlacementReport NumaAllocator::report() const {
       // The last page takes the rounding remainder so that the sums equal mapped_bytes.
       const uint64_t b = i + 1 == status.size() ? r.mapped - assigned : per_page;
       assigned += b;
-      if (status[i] >= 0) e.bytes_on_node[status[i]] += b;
-      else e.bytes_not_present += b;
+      if (status[i] >= 0)
+        e.bytes_on_node[status[i]] += b;
+      else
+        e.bytes_not_present += b;
     }
   }
   return rep;

@@ -67,8 +67,8 @@ DmaHooks default_dma_hooks();
 
 struct TierConfig {
   Policy policy = Policy::kSemantic;
-  std::vector<int> fast_nodes;  // empty: every node with CPUs (local node first)
-  std::vector<int> slow_nodes;  // empty: every memory node without CPUs
+  std::vector<int> fast_nodes;         // empty: every node with CPUs (local node first)
+  std::vector<int> slow_nodes;         // empty: every memory node without CPUs
   uint64_t fast_budget_bytes = 0;      // 0: total size of the fast nodes
   uint64_t slow_budget_bytes = 0;      // 0: total size of the slow nodes
   uint64_t fast_key_budget_bytes = 0;  // semantic: keys allowed on the fast tier (0: fast budget)
@@ -113,7 +113,7 @@ struct PlacementReport {
   std::vector<int> fast_nodes, slow_nodes;
   bool single_tier = false;
   std::vector<PlacementEntry> entries;  // only (tier, role) pairs with live regions
-  std::string format() const;          // a few lines for `hybridgen-run -v` and benchmarks
+  std::string format() const;           // a few lines for `hybridgen-run -v` and benchmarks
   // Bytes of `role` on `node` across tiers.
   uint64_t bytes_on(Role role, int node) const;
 };
@@ -127,8 +127,7 @@ AddrPolicy query_policy(const void* addr);
 // Node of each page in [ptr, ptr + bytes) (move_pages nodes = NULL); negative = -errno.
 std::vector<int> query_page_nodes(const void* ptr, size_t bytes);
 // mbind wrapper: throws hybridgen::Error naming the mode, the nodes and the errno.
-void apply_policy(void* ptr, size_t bytes, int mode, const std::vector<int>& nodes,
-                  unsigned flags);
+void apply_policy(void* ptr, size_t bytes, int mode, const std::vector<int>& nodes, unsigned flags);
 
 class NumaAllocator : public HostAllocator {
  public:
@@ -169,7 +168,7 @@ class NumaAllocator : public HostAllocator {
     bool interleaved = false;
     bool dma = false;
     std::array<uint64_t, 2> charged{};  // bytes counted against each tier's budget
-    uint64_t seq = 0;  // allocation order: the generation order of keys
+    uint64_t seq = 0;                   // allocation order: the generation order of keys
   };
   // All under mu_.
   void split_charge(Region& r) const;

@@ -35,8 +35,8 @@ inline uint16_t load_u16(const uint8_t* p) {
 }
 inline float load_f16(const uint8_t* p) { return f16_to_f32(load_u16(p)); }
 
-constexpr int kQK = 32;    // Q4_0, Q4_1, Q8_0 block size
-constexpr int kQK_K = 256; // k-quants super-block size
+constexpr int kQK = 32;     // Q4_0, Q4_1, Q8_0 block size
+constexpr int kQK_K = 256;  // k-quants super-block size
 
 void dequant_q4_0(const uint8_t* src, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, src += 18, y += kQK) {
@@ -170,7 +170,7 @@ uint16_t f32_to_f16(float f) {
     return static_cast<uint16_t>(sign | 0x7C00u | 0x0200u | ((a >> 13) & 0x3FFu));
   }
   if (a >= 0x477FF000u) return sign | 0x7C00u;  // >= 65520 rounds to inf
-  if (a >= 0x38800000u) {                        // normal half (>= 2^-14)
+  if (a >= 0x38800000u) {                       // normal half (>= 2^-14)
     const uint32_t mant = a & 0x7FFFFFu;
     uint32_t h = (((a >> 23) - 112u) << 10) | (mant >> 13);
     const uint32_t rem = mant & 0x1FFFu;
@@ -216,11 +216,21 @@ void dequantize(DType t, const uint8_t* src, float* dst, int64_t n) {
     case DType::kBF16:
       for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(load_u16(src + 2 * i));
       return;
-    case DType::kQ4_0: dequant_q4_0(src, dst, nb); return;
-    case DType::kQ4_1: dequant_q4_1(src, dst, nb); return;
-    case DType::kQ8_0: dequant_q8_0(src, dst, nb); return;
-    case DType::kQ4_K: dequant_q4_k(src, dst, nb); return;
-    case DType::kQ6_K: dequant_q6_k(src, dst, nb); return;
+    case DType::kQ4_0:
+      dequant_q4_0(src, dst, nb);
+      return;
+    case DType::kQ4_1:
+      dequant_q4_1(src, dst, nb);
+      return;
+    case DType::kQ8_0:
+      dequant_q8_0(src, dst, nb);
+      return;
+    case DType::kQ4_K:
+      dequant_q4_k(src, dst, nb);
+      return;
+    case DType::kQ6_K:
+      dequant_q6_k(src, dst, nb);
+      return;
     case DType::kI32:
       for (int64_t i = 0; i < n; ++i) {
         int32_t v;

@@ -10,17 +10,29 @@ namespace hybridgen {
 
 namespace {
 
-constexpr uint32_t kMaxDims = 4;          // GGML_MAX_DIMS
-constexpr int kMaxArrayDepth = 8;         // nested arrays deeper than this are rejected
+constexpr uint32_t kMaxDims = 4;   // GGML_MAX_DIMS
+constexpr int kMaxArrayDepth = 8;  // nested arrays deeper than this are rejected
 constexpr uint64_t kDefaultAlignment = 32;
 
 enum GgufType : uint32_t {
-  kU8 = 0, kI8 = 1, kU16 = 2, kI16 = 3, kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7,
-  kString = 8, kArray = 9, kU64 = 10, kI64 = 11, kF64 = 12, kTypeCount = 13,
+  kU8 = 0,
+  kI8 = 1,
+  kU16 = 2,
+  kI16 = 3,
+  kU32 = 4,
+  kI32 = 5,
+  kF32 = 6,
+  kBool = 7,
+  kString = 8,
+  kArray = 9,
+  kU64 = 10,
+  kI64 = 11,
+  kF64 = 12,
+  kTypeCount = 13,
 };
 
 const char* gguf_type_name(uint32_t t) {
-  static const char* names[] = {"u8",  "i8",     "u16",   "i16", "u32", "i32", "f32",
+  static const char* names[] = {"u8",   "i8",     "u16",   "i16", "u32", "i32", "f32",
                                 "bool", "string", "array", "u64", "i64", "f64"};
   return t < kTypeCount ? names[t] : "unknown";
 }
@@ -28,59 +40,117 @@ const char* gguf_type_name(uint32_t t) {
 // Smallest number of bytes one value of type t can take in the file.
 uint64_t min_value_size(uint32_t t) {
   switch (t) {
-    case kU8: case kI8: case kBool: return 1;
-    case kU16: case kI16: return 2;
-    case kU32: case kI32: case kF32: return 4;
-    case kU64: case kI64: case kF64: return 8;
-    case kString: return 8;   // u64 length
-    case kArray: return 12;   // u32 type + u64 count
-    default: return 1;
+    case kU8:
+    case kI8:
+    case kBool:
+      return 1;
+    case kU16:
+    case kI16:
+      return 2;
+    case kU32:
+    case kI32:
+    case kF32:
+      return 4;
+    case kU64:
+    case kI64:
+    case kF64:
+      return 8;
+    case kString:
+      return 8;  // u64 length
+    case kArray:
+      return 12;  // u32 type + u64 count
+    default:
+      return 1;
   }
 }
 
 // ggml type numbers (ggml/include/ggml.h, enum ggml_type).
 bool ggml_to_dtype(uint32_t t, DType* out) {
   switch (t) {
-    case 0: *out = DType::kF32; return true;
-    case 1: *out = DType::kF16; return true;
-    case 2: *out = DType::kQ4_0; return true;
-    case 3: *out = DType::kQ4_1; return true;
-    case 8: *out = DType::kQ8_0; return true;
-    case 12: *out = DType::kQ4_K; return true;
-    case 14: *out = DType::kQ6_K; return true;
-    case 26: *out = DType::kI32; return true;
-    case 27: *out = DType::kI64; return true;
-    case 30: *out = DType::kBF16; return true;
-    default: return false;
+    case 0:
+      *out = DType::kF32;
+      return true;
+    case 1:
+      *out = DType::kF16;
+      return true;
+    case 2:
+      *out = DType::kQ4_0;
+      return true;
+    case 3:
+      *out = DType::kQ4_1;
+      return true;
+    case 8:
+      *out = DType::kQ8_0;
+      return true;
+    case 12:
+      *out = DType::kQ4_K;
+      return true;
+    case 14:
+      *out = DType::kQ6_K;
+      return true;
+    case 26:
+      *out = DType::kI32;
+      return true;
+    case 27:
+      *out = DType::kI64;
+      return true;
+    case 30:
+      *out = DType::kBF16;
+      return true;
+    default:
+      return false;
   }
 }
 
 // Names of ggml types this reader knows of but cannot dequantize (for the error message).
 const char* ggml_other_type_name(uint32_t t) {
   switch (t) {
-    case 6: return "Q5_0";
-    case 7: return "Q5_1";
-    case 9: return "Q8_1";
-    case 10: return "Q2_K";
-    case 11: return "Q3_K";
-    case 13: return "Q5_K";
-    case 15: return "Q8_K";
-    case 16: return "IQ2_XXS";
-    case 17: return "IQ2_XS";
-    case 18: return "IQ3_XXS";
-    case 19: return "IQ1_S";
-    case 20: return "IQ4_NL";
-    case 21: return "IQ3_S";
-    case 22: return "IQ2_S";
-    case 23: return "IQ4_XS";
-    case 24: return "I8";
-    case 25: return "I16";
-    case 28: return "F64";
-    case 29: return "IQ1_M";
-    case 34: return "TQ1_0";
-    case 35: return "TQ2_0";
-    case 39: return "MXFP4";
-    default: return nullptr;
+    case 6:
+      return "Q5_0";
+    case 7:
+      return "Q5_1";
+    case 9:
+      return "Q8_1";
+    case 10:
+      return "Q2_K";
+    case 11:
+      return "Q3_K";
+    case 13:
+      return "Q5_K";
+    case 15:
+      return "Q8_K";
+    case 16:
+      return "IQ2_XXS";
+    case 17:
+      return "IQ2_XS";
+    case 18:
+      return "IQ3_XXS";
+    case 19:
+      return "IQ1_S";
+    case 20:
+      return "IQ4_NL";
+    case 21:
+      return "IQ3_S";
+    case 22:
+      return "IQ2_S";
+    case 23:
+      return "IQ4_XS";
+    case 24:
+      return "I8";
+    case 25:
+      return "I16";
+    case 28:
+      return "F64";
+    case 29:
+      return "IQ1_M";
+    case 34:
+      return "TQ1_0";
+    case 35:
+      return "TQ2_0";
+    case 39:
+      return "MXFP4";
+    default:
+      return nullptr;
   }
 }
 
@@ -92,9 +162,7 @@ class Reader {
   uint64_t pos() const { return pos_; }
   uint64_t remaining() const { return size_ - pos_; }
 
-  [[noreturn]] void error(const std::string& msg) const {
-    fail("GGUF file " + path_ + ": " + msg);
-  }
+  [[noreturn]] void error(const std::string& msg) const { fail("GGUF file " + path_ + ": " + msg); }
 
   void need(uint64_t n, const std::string& what) const {
     if (n > remaining()) {
@@ -134,22 +202,45 @@ class Reader {
 GgufValue read_value(Reader& r, uint32_t type, int depth, const std::string& what) {
   GgufValue out;
   switch (type) {
-    case kU8: out.v = static_cast<uint64_t>(r.read<uint8_t>(what)); break;
-    case kI8: out.v = static_cast<int64_t>(r.read<int8_t>(what)); break;
-    case kU16: out.v = static_cast<uint64_t>(r.read<uint16_t>(what)); break;
-    case kI16: out.v = static_cast<int64_t>(r.read<int16_t>(what)); break;
-    case kU32: out.v = static_cast<uint64_t>(r.read<uint32_t>(what)); break;
-    case kI32: out.v = static_cast<int64_t>(r.read<int32_t>(what)); break;
-    case kU64: out.v = r.read<uint64_t>(what); break;
-    case kI64: out.v = r.read<int64_t>(what); break;
-    case kF32: out.v = static_cast<double>(r.read<float>(what)); break;
-    case kF64: out.v = r.read<double>(what); break;
-    case kBool: out.v = r.read<uint8_t>(what) != 0; break;
-    case kString: out.v = r.read_string(what); break;
+    case kU8:
+      out.v = static_cast<uint64_t>(r.read<uint8_t>(what));
+      break;
+    case kI8:
+      out.v = static_cast<int64_t>(r.read<int8_t>(what));
+      break;
+    case kU16:
+      out.v = static_cast<uint64_t>(r.read<uint16_t>(what));
+      break;
+    case kI16:
+      out.v = static_cast<int64_t>(r.read<int16_t>(what));
+      break;
+    case kU32:
+      out.v = static_cast<uint64_t>(r.read<uint32_t>(what));
+      break;
+    case kI32:
+      out.v = static_cast<int64_t>(r.read<int32_t>(what));
+      break;
+    case kU64:
+      out.v = r.read<uint64_t>(what);
+      break;
+    case kI64:
+      out.v = r.read<int64_t>(what);
+      break;
+    case kF32:
+      out.v = static_cast<double>(r.read<float>(what));
+      break;
+    case kF64:
+      out.v = r.read<double>(what);
+      break;
+    case kBool:
+      out.v = r.read<uint8_t>(what) != 0;
+      break;
+    case kString:
+      out.v = r.read_string(what);
+      break;
     case kArray: {
       if (depth >= kMaxArrayDepth) {
-        r.error(what + ": arrays nested more than " + std::to_string(kMaxArrayDepth) +
-                " deep");
+        r.error(what + ": arrays nested more than " + std::to_string(kMaxArrayDepth) + " deep");
       }
       const uint32_t et = r.read<uint32_t>(what + " (array element type)");
       if (et >= kTypeCount) {
@@ -176,12 +267,18 @@ GgufValue read_value(Reader& r, uint32_t type, int depth, const std::string& wha
 
 std::string value_type_name(const GgufValue& v) {
   switch (v.v.index()) {
-    case 0: return "unsigned integer";
-    case 1: return "signed integer";
-    case 2: return "float";
-    case 3: return "bool";
-    case 4: return "string";
-    case 5: return "array";
+    case 0:
+      return "unsigned integer";
+    case 1:
+      return "signed integer";
+    case 2:
+      return "float";
+    case 3:
+      return "bool";
+    case 4:
+      return "string";
+    case 5:
+      return "array";
   }
   return "?";
 }
@@ -251,9 +348,12 @@ std::unique_ptr<GgufFile> GgufFile::open(const std::string& path) {
     const uint64_t* u = std::get_if<uint64_t>(&a->v);
     const int64_t* s = std::get_if<int64_t>(&a->v);
     uint64_t al = 0;
-    if (u) al = *u;
-    else if (s && *s > 0) al = static_cast<uint64_t>(*s);
-    else r.error("general.alignment must be a positive integer");
+    if (u)
+      al = *u;
+    else if (s && *s > 0)
+      al = static_cast<uint64_t>(*s);
+    else
+      r.error("general.alignment must be a positive integer");
     if (al == 0 || (al & (al - 1)) != 0) {
       r.error("general.alignment " + std::to_string(al) + " is not a power of two");
     }
@@ -316,8 +416,8 @@ std::unique_ptr<GgufFile> GgufFile::open(const std::string& path) {
     for (uint32_t j = n_dims; j-- > 0;) t.shape.push_back(ne[j]);  // row-major
     const uint64_t offset = r.read<uint64_t>(what + " (data offset)");
     if (offset % g->alignment_ != 0) {
-      r.error(what + " data offset " + std::to_string(offset) + " is not a multiple of the alignment " +
-              std::to_string(g->alignment_));
+      r.error(what + " data offset " + std::to_string(offset) +
+              " is not a multiple of the alignment " + std::to_string(g->alignment_));
     }
     g->index_.emplace(t.name, g->tensors_.size());
     g->tensors_.push_back(std::move(t));

@@ -13,10 +13,14 @@ using json = nlohmann::json;
 
 const char* arch_name(Arch a) {
   switch (a) {
-    case Arch::kLlama: return "llama";
-    case Arch::kQwen2: return "qwen2";
-    case Arch::kMistral: return "mistral";
-    case Arch::kOpt: return "opt";
+    case Arch::kLlama:
+      return "llama";
+    case Arch::kQwen2:
+      return "qwen2";
+    case Arch::kMistral:
+      return "mistral";
+    case Arch::kOpt:
+      return "opt";
   }
   return "?";
 }
@@ -33,9 +37,9 @@ void ModelConfig::validate(const std::string& source) const {
   positive(d_ff, "intermediate_size");
   positive(vocab_size, "vocab_size");
   positive(max_positions, "max_position_embeddings");
-  HG_CHECK(n_heads % n_kv_heads == 0,
-           source + ": num_attention_heads (" + std::to_string(n_heads) +
-               ") must be a multiple of num_key_value_heads (" + std::to_string(n_kv_heads) + ")");
+  HG_CHECK(n_heads % n_kv_heads == 0, source + ": num_attention_heads (" + std::to_string(n_heads) +
+                                          ") must be a multiple of num_key_value_heads (" +
+                                          std::to_string(n_kv_heads) + ")");
   HG_CHECK(head_dim % 2 == 0, source + ": head_dim must be even, got " + std::to_string(head_dim));
   HG_CHECK(n_layers <= 1024 && d_model <= (1 << 17) && n_heads <= 1024 && head_dim <= 1024 &&
                d_ff <= (1 << 20) && vocab_size <= (1 << 24),
@@ -133,8 +137,10 @@ void parse_rope(const json& j, const std::string& path, ModelConfig& c) {
   c.rope_theta = f.get_float("rope_theta", 10000.f);
   // transformers >= 5 writes "rope_parameters"; older configs "rope_scaling".
   const json* scaling = nullptr;
-  if (f.has("rope_parameters")) scaling = &j.at("rope_parameters");
-  else if (f.has("rope_scaling")) scaling = &j.at("rope_scaling");
+  if (f.has("rope_parameters"))
+    scaling = &j.at("rope_parameters");
+  else if (f.has("rope_scaling"))
+    scaling = &j.at("rope_scaling");
   if (!scaling) return;
   HG_CHECK(scaling->is_object(), path + ": field 'rope_scaling' must be an object");
   JsonFields s{*scaling, path};
@@ -169,10 +175,14 @@ ModelConfig parse_hf_config(const std::string& path) {
   HG_CHECK(!type.empty(), path + ": missing field 'model_type'");
 
   ModelConfig c;
-  if (type == "llama") c.arch = Arch::kLlama;
-  else if (type == "mistral") c.arch = Arch::kMistral;
-  else if (type == "qwen2") c.arch = Arch::kQwen2;
-  else if (type == "opt") c.arch = Arch::kOpt;
+  if (type == "llama")
+    c.arch = Arch::kLlama;
+  else if (type == "mistral")
+    c.arch = Arch::kMistral;
+  else if (type == "qwen2")
+    c.arch = Arch::kQwen2;
+  else if (type == "opt")
+    c.arch = Arch::kOpt;
   else
     fail(path + ": unknown architecture model_type='" + type +
          "' (supported: llama, mistral, qwen2, opt)");
@@ -183,9 +193,11 @@ ModelConfig parse_hf_config(const std::string& path) {
   c.n_heads = f.get_int("num_attention_heads");
   c.max_positions = f.get_int("max_position_embeddings");
   c.bos_id = f.has("bos_token_id") && j.at("bos_token_id").is_number_integer()
-                 ? j.at("bos_token_id").get<int>() : -1;
+                 ? j.at("bos_token_id").get<int>()
+                 : -1;
   c.eos_id = f.has("eos_token_id") && j.at("eos_token_id").is_number_integer()
-                 ? j.at("eos_token_id").get<int>() : -1;
+                 ? j.at("eos_token_id").get<int>()
+                 : -1;
 
   if (c.arch == Arch::kOpt) {
     c.n_kv_heads = c.n_heads;
@@ -200,7 +212,8 @@ ModelConfig parse_hf_config(const std::string& path) {
     c.position_offset = 2;
     c.norm_eps = 1e-5f;
     std::string act = f.get_string("activation_function", "relu");
-    HG_CHECK(act == "relu", path + ": OPT activation_function '" + act + "' is not supported (relu)");
+    HG_CHECK(act == "relu",
+             path + ": OPT activation_function '" + act + "' is not supported (relu)");
     HG_CHECK(f.get_bool("do_layer_norm_before", true),
              path + ": OPT with do_layer_norm_before=false (OPT-350m) is not supported");
     HG_CHECK(f.get_int("word_embed_proj_dim", c.d_model) == c.d_model,
@@ -232,8 +245,10 @@ ModelConfig parse_gguf_config(const GgufFile& g) {
   const std::string path = g.path();
   const std::string arch = g.get_string("general.architecture");
   ModelConfig c;
-  if (arch == "llama") c.arch = Arch::kLlama;
-  else if (arch == "qwen2") c.arch = Arch::kQwen2;
+  if (arch == "llama")
+    c.arch = Arch::kLlama;
+  else if (arch == "qwen2")
+    c.arch = Arch::kQwen2;
   else
     fail(path + ": unknown architecture general.architecture='" + arch +
          "' (GGUF support covers llama and qwen2)");

@@ -18,23 +18,23 @@ enum class RopeStyle { kNeox, kInterleaved };
 struct ModelConfig {
   Arch arch = Arch::kLlama;
   int n_layers = 0;
-  int d_model = 0;      // hidden size
-  int n_heads = 0;      // query heads
-  int n_kv_heads = 0;   // key/value heads (GQA when < n_heads)
+  int d_model = 0;     // hidden size
+  int n_heads = 0;     // query heads
+  int n_kv_heads = 0;  // key/value heads (GQA when < n_heads)
   int head_dim = 0;
-  int d_ff = 0;         // FFN inner size
+  int d_ff = 0;  // FFN inner size
   int vocab_size = 0;
   int max_positions = 0;  // the model's trained context
 
   float norm_eps = 1e-5f;
-  bool layer_norm = false;    // LayerNorm with bias (OPT) instead of RMSNorm
-  bool relu_ffn = false;      // fc1 -> ReLU -> fc2 (OPT) instead of SwiGLU
-  bool qkv_bias = false;      // Qwen2, OPT
-  bool linear_bias = false;   // biases on o_proj and FFN (OPT)
+  bool layer_norm = false;   // LayerNorm with bias (OPT) instead of RMSNorm
+  bool relu_ffn = false;     // fc1 -> ReLU -> fc2 (OPT) instead of SwiGLU
+  bool qkv_bias = false;     // Qwen2, OPT
+  bool linear_bias = false;  // biases on o_proj and FFN (OPT)
   bool tied_embeddings = false;
   bool learned_positions = false;  // OPT: position embeddings with an offset of 2
   int position_offset = 0;
-  int sliding_window = 0;     // Mistral: attend to the last N positions (0 = all)
+  int sliding_window = 0;  // Mistral: attend to the last N positions (0 = all)
 
   // RoPE
   float rope_theta = 10000.f;

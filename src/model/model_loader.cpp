@@ -1,13 +1,12 @@
 #include "model/model_loader.h"
 
-#include "util/log.h"
-
 #include <filesystem>
 
 #include "model/dequant.h"
 #include "model/gguf.h"
 #include "model/safetensors.h"
 #include "util/check.h"
+#include "util/log.h"
 
 namespace hybridgen {
 
@@ -59,7 +58,8 @@ class GgufSource : public TensorSource {
   std::vector<float> load(const std::string& name,
                           const std::vector<int64_t>& shape) const override {
     const TensorInfo* t = g_.find(name);
-    HG_CHECK(t, g_.path() + ": missing tensor '" + name + "' (expected shape " + shape_str(shape) + ")");
+    HG_CHECK(
+        t, g_.path() + ": missing tensor '" + name + "' (expected shape " + shape_str(shape) + ")");
     return to_f32(*t, shape, g_.path());
   }
   std::string describe() const override { return g_.path(); }
@@ -97,16 +97,19 @@ GgufVocab gguf_vocab(const GgufFile& g) {
 cpu::WeightType resolve_weight_type(const ModelConfig& c, WeightChoice choice,
                                     bool checkpoint_is_f32) {
   switch (choice) {
-    case WeightChoice::kF32: return cpu::WeightType::kF32;
-    case WeightChoice::kBF16: return cpu::WeightType::kBF16;
-    case WeightChoice::kAuto: break;
+    case WeightChoice::kF32:
+      return cpu::WeightType::kF32;
+    case WeightChoice::kBF16:
+      return cpu::WeightType::kBF16;
+    case WeightChoice::kAuto:
+      break;
   }
   // float32 only where it is exact and affordable: a float32 checkpoint of at most 2 B
   // parameters. Quantized and half-precision checkpoints run with bf16 weights: half the bytes
   // per decoded token (the default model: top-1 identical to float32 transformers at 298 of
   // 300 positions; tests/unit/default_model_test.cpp).
   return checkpoint_is_f32 && c.n_params() <= 2'000'000'000 ? cpu::WeightType::kF32
-                                                             : cpu::WeightType::kBF16;
+                                                            : cpu::WeightType::kBF16;
 }
 
 namespace {
@@ -127,12 +130,11 @@ LoadedModel load_model(const std::string& path, bool use_random_weights, uint64_
 
   if (use_random_weights) {
     const fs::path dir = fs::is_directory(path) ? fs::path(path) : fs::path(path).parent_path();
-    const std::string config_path =
-        fs::is_directory(path) ? (dir / "config.json").string() : path;
+    const std::string config_path = fs::is_directory(path) ? (dir / "config.json").string() : path;
     m.config = parse_hf_config(config_path);
     const cpu::WeightType type = resolve_weight_type(m.config, choice, true);
     log().info("generating seeded random weights (seed {}) for {} ({:.2f} B parameters)", seed,
-                 config_path, m.config.n_params() / 1e9);
+               config_path, m.config.n_params() / 1e9);
     m.weights = random_weights(m.config, seed, type);
     if (fs::exists(dir / "tokenizer.json", ec))
       m.tokenizer = Tokenizer::from_hf_files((dir / "tokenizer.json").string(),
@@ -155,8 +157,8 @@ LoadedModel load_model(const std::string& path, bool use_random_weights, uint64_
     const fs::path tok = dir / "tokenizer.json";
     const fs::path tok_cfg = dir / "tokenizer_config.json";
     if (fs::exists(tok, ec))
-      m.tokenizer = Tokenizer::from_hf_files(tok.string(),
-                                             fs::exists(tok_cfg, ec) ? tok_cfg.string() : "");
+      m.tokenizer =
+          Tokenizer::from_hf_files(tok.string(), fs::exists(tok_cfg, ec) ? tok_cfg.string() : "");
     else
       log().warn("{}: no tokenizer.json; the model takes token ids only", path);
     m.source = path;
@@ -179,7 +181,8 @@ LoadedModel load_model(const std::string& path, bool use_random_weights, uint64_
   GgufVocab vocab = gguf_vocab(*g);
   HG_CHECK(static_cast<int>(vocab.tokens.size()) <= m.config.vocab_size,
            path + ": tokenizer.ggml.tokens has " + std::to_string(vocab.tokens.size()) +
-               " tokens but the embedding has only " + std::to_string(m.config.vocab_size) + " rows");
+               " tokens but the embedding has only " + std::to_string(m.config.vocab_size) +
+               " rows");
   m.tokenizer = Tokenizer::from_gguf_vocab(vocab);
   m.source = path;
   return m;

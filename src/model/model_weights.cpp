@@ -9,10 +9,11 @@ namespace hybridgen {
 
 uint64_t ModelWeights::bytes() const {
   uint64_t b = (token_embedding.size() + position_embedding.size() + final_norm.size() +
-                final_norm_b.size()) * sizeof(float) + lm_head.weight_bytes();
+                final_norm_b.size()) *
+                   sizeof(float) +
+               lm_head.weight_bytes();
   for (const LayerWeights& l : layers)
-    b += l.qkv.weight_bytes() + l.out.weight_bytes() + l.up.weight_bytes() +
-         l.down.weight_bytes() +
+    b += l.qkv.weight_bytes() + l.out.weight_bytes() + l.up.weight_bytes() + l.down.weight_bytes() +
          (l.attn_norm.size() + l.attn_norm_b.size() + l.ffn_norm.size() + l.ffn_norm_b.size()) *
              sizeof(float);
   return b;
@@ -31,32 +32,48 @@ LayerNames layer_names(const ModelConfig& c, Naming naming, int i, const std::st
   if (naming == Naming::kGguf) {
     const std::string p = "blk." + std::to_string(i) + ".";
     n.attn_norm = p + "attn_norm.weight";
-    n.q = p + "attn_q.weight"; n.k = p + "attn_k.weight"; n.v = p + "attn_v.weight";
-    n.q_b = p + "attn_q.bias"; n.k_b = p + "attn_k.bias"; n.v_b = p + "attn_v.bias";
+    n.q = p + "attn_q.weight";
+    n.k = p + "attn_k.weight";
+    n.v = p + "attn_v.weight";
+    n.q_b = p + "attn_q.bias";
+    n.k_b = p + "attn_k.bias";
+    n.v_b = p + "attn_v.bias";
     n.o = p + "attn_output.weight";
     n.ffn_norm = p + "ffn_norm.weight";
-    n.gate = p + "ffn_gate.weight"; n.up = p + "ffn_up.weight"; n.down = p + "ffn_down.weight";
+    n.gate = p + "ffn_gate.weight";
+    n.up = p + "ffn_up.weight";
+    n.down = p + "ffn_down.weight";
   } else if (c.arch == Arch::kOpt) {
     const std::string p = opt_prefix + "layers." + std::to_string(i) + ".";
-    n.attn_norm = p + "self_attn_layer_norm.weight"; n.attn_norm_b = p + "self_attn_layer_norm.bias";
-    n.q = p + "self_attn.q_proj.weight"; n.k = p + "self_attn.k_proj.weight";
+    n.attn_norm = p + "self_attn_layer_norm.weight";
+    n.attn_norm_b = p + "self_attn_layer_norm.bias";
+    n.q = p + "self_attn.q_proj.weight";
+    n.k = p + "self_attn.k_proj.weight";
     n.v = p + "self_attn.v_proj.weight";
-    n.q_b = p + "self_attn.q_proj.bias"; n.k_b = p + "self_attn.k_proj.bias";
+    n.q_b = p + "self_attn.q_proj.bias";
+    n.k_b = p + "self_attn.k_proj.bias";
     n.v_b = p + "self_attn.v_proj.bias";
-    n.o = p + "self_attn.out_proj.weight"; n.o_b = p + "self_attn.out_proj.bias";
-    n.ffn_norm = p + "final_layer_norm.weight"; n.ffn_norm_b = p + "final_layer_norm.bias";
-    n.up = p + "fc1.weight"; n.up_b = p + "fc1.bias";
-    n.down = p + "fc2.weight"; n.down_b = p + "fc2.bias";
+    n.o = p + "self_attn.out_proj.weight";
+    n.o_b = p + "self_attn.out_proj.bias";
+    n.ffn_norm = p + "final_layer_norm.weight";
+    n.ffn_norm_b = p + "final_layer_norm.bias";
+    n.up = p + "fc1.weight";
+    n.up_b = p + "fc1.bias";
+    n.down = p + "fc2.weight";
+    n.down_b = p + "fc2.bias";
   } else {
     const std::string p = "model.layers." + std::to_string(i) + ".";
     n.attn_norm = p + "input_layernorm.weight";
-    n.q = p + "self_attn.q_proj.weight"; n.k = p + "self_attn.k_proj.weight";
+    n.q = p + "self_attn.q_proj.weight";
+    n.k = p + "self_attn.k_proj.weight";
     n.v = p + "self_attn.v_proj.weight";
-    n.q_b = p + "self_attn.q_proj.bias"; n.k_b = p + "self_attn.k_proj.bias";
+    n.q_b = p + "self_attn.q_proj.bias";
+    n.k_b = p + "self_attn.k_proj.bias";
     n.v_b = p + "self_attn.v_proj.bias";
     n.o = p + "self_attn.o_proj.weight";
     n.ffn_norm = p + "post_attention_layernorm.weight";
-    n.gate = p + "mlp.gate_proj.weight"; n.up = p + "mlp.up_proj.weight";
+    n.gate = p + "mlp.gate_proj.weight";
+    n.up = p + "mlp.up_proj.weight";
     n.down = p + "mlp.down_proj.weight";
   }
   return n;
@@ -77,14 +94,17 @@ ModelWeights load_weights(const ModelConfig& c, const TensorSource& src, Naming 
 
   std::string embed_name, final_norm, final_norm_b, head_name;
   if (naming == Naming::kGguf) {
-    embed_name = "token_embd.weight"; final_norm = "output_norm.weight"; head_name = "output.weight";
+    embed_name = "token_embd.weight";
+    final_norm = "output_norm.weight";
+    head_name = "output.weight";
   } else if (c.arch == Arch::kOpt) {
     embed_name = opt_prefix + "embed_tokens.weight";
     final_norm = opt_prefix + "final_layer_norm.weight";
     final_norm_b = opt_prefix + "final_layer_norm.bias";
     head_name = "lm_head.weight";
   } else {
-    embed_name = "model.embed_tokens.weight"; final_norm = "model.norm.weight";
+    embed_name = "model.embed_tokens.weight";
+    final_norm = "model.norm.weight";
     head_name = "lm_head.weight";
   }
 
@@ -113,7 +133,8 @@ ModelWeights load_weights(const ModelConfig& c, const TensorSource& src, Naming 
       qkv_b[2] = src.load(n.v_b, {kv_out});
     }
     l.qkv = cpu::concat_rows(
-        c.d_model, {src.load(n.q, {q_out, d}), src.load(n.k, {kv_out, d}), src.load(n.v, {kv_out, d})},
+        c.d_model,
+        {src.load(n.q, {q_out, d}), src.load(n.k, {kv_out, d}), src.load(n.v, {kv_out, d})},
         std::move(qkv_b), {int(q_out), int(kv_out), int(kv_out)}, type);
     l.out = cpu::Linear(c.d_model, int(q_out), src.load(n.o, {d, q_out}),
                         c.linear_bias ? src.load(n.o_b, {d}) : std::vector<float>{}, type);
@@ -170,9 +191,9 @@ ModelWeights random_weights(const ModelConfig& c, uint64_t seed, cpu::WeightType
     w.position_embedding = rnd((int64_t(c.max_positions) + c.position_offset) * d);
   w.final_norm = ones(d);
   if (c.layer_norm) w.final_norm_b = rnd(d);
-  w.lm_head = cpu::Linear(c.vocab_size, c.d_model,
-                          c.tied_embeddings ? w.token_embedding : rnd(int64_t(c.vocab_size) * d),
-                          {}, type);
+  w.lm_head =
+      cpu::Linear(c.vocab_size, c.d_model,
+                  c.tied_embeddings ? w.token_embedding : rnd(int64_t(c.vocab_size) * d), {}, type);
   w.layers.resize(c.n_layers);
   for (LayerWeights& l : w.layers) {
     l.attn_norm = ones(d);
@@ -186,12 +207,13 @@ ModelWeights random_weights(const ModelConfig& c, uint64_t seed, cpu::WeightType
     l.ffn_norm = ones(d);
     if (c.layer_norm) l.ffn_norm_b = rnd(d);
     if (c.relu_ffn)
-      l.up = cpu::Linear(c.d_ff, c.d_model, rnd(ff * d), c.linear_bias ? rnd(ff) : std::vector<float>{},
-                         type);
+      l.up = cpu::Linear(c.d_ff, c.d_model, rnd(ff * d),
+                         c.linear_bias ? rnd(ff) : std::vector<float>{}, type);
     else
-      l.up = cpu::concat_rows(c.d_model, {rnd(ff * d), rnd(ff * d)}, {{}, {}}, {c.d_ff, c.d_ff}, type);
-    l.down = cpu::Linear(c.d_model, c.d_ff, rnd(d * ff), c.linear_bias ? rnd(d) : std::vector<float>{},
-                         type);
+      l.up =
+          cpu::concat_rows(c.d_model, {rnd(ff * d), rnd(ff * d)}, {{}, {}}, {c.d_ff, c.d_ff}, type);
+    l.down = cpu::Linear(c.d_model, c.d_ff, rnd(d * ff),
+                         c.linear_bias ? rnd(d) : std::vector<float>{}, type);
   }
   return w;
 }

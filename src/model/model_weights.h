@@ -22,10 +22,10 @@ struct LayerWeights {
 };
 
 struct ModelWeights {
-  std::vector<float> token_embedding;     // [vocab, d_model]
-  std::vector<float> position_embedding;  // [max_positions + position_offset, d_model] (OPT)
+  std::vector<float> token_embedding;           // [vocab, d_model]
+  std::vector<float> position_embedding;        // [max_positions + position_offset, d_model] (OPT)
   std::vector<float> final_norm, final_norm_b;  // [d_model]
-  cpu::Linear lm_head;                    // [vocab, d_model] (a copy when tied)
+  cpu::Linear lm_head;                          // [vocab, d_model] (a copy when tied)
   std::vector<LayerWeights> layers;
   uint64_t bytes() const;
 };

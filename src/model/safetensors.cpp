@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
-#include <nlohmann/json.hpp>
 
 #include "util/check.h"
 
@@ -25,12 +25,18 @@ struct DtypeSpec {
 };
 
 bool supported_dtype(const std::string& name, DtypeSpec* out) {
-  if (name == "F32") *out = {DType::kF32, 4};
-  else if (name == "F16") *out = {DType::kF16, 2};
-  else if (name == "BF16") *out = {DType::kBF16, 2};
-  else if (name == "I32") *out = {DType::kI32, 4};
-  else if (name == "I64") *out = {DType::kI64, 8};
-  else return false;
+  if (name == "F32")
+    *out = {DType::kF32, 4};
+  else if (name == "F16")
+    *out = {DType::kF16, 2};
+  else if (name == "BF16")
+    *out = {DType::kBF16, 2};
+  else if (name == "I32")
+    *out = {DType::kI32, 4};
+  else if (name == "I64")
+    *out = {DType::kI64, 8};
+  else
+    return false;
   return true;
 }
 
@@ -41,7 +47,9 @@ json parse_json_rejecting_duplicates(const char* begin, const char* end, const s
   std::string duplicate;
   json::parser_callback_t cb = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
     switch (event) {
-      case json::parse_event_t::object_start: seen.emplace_back(); break;
+      case json::parse_event_t::object_start:
+        seen.emplace_back();
+        break;
       case json::parse_event_t::object_end:
         if (!seen.empty()) seen.pop_back();
         break;
@@ -51,7 +59,8 @@ json parse_json_rejecting_duplicates(const char* begin, const char* end, const s
           if (!seen.back().insert(k).second && duplicate.empty()) duplicate = k;
         }
         break;
-      default: break;
+      default:
+        break;
     }
     return true;
   };
@@ -238,7 +247,8 @@ const TensorInfo* SafetensorsFile::find(std::string_view name) const {
 std::unique_ptr<SafetensorsModel> SafetensorsModel::open_dir(const std::string& dir) {
   namespace fs = std::filesystem;
   std::error_code ec;
-  if (!fs::is_directory(dir, ec)) fail("model directory " + dir + " does not exist or is not a directory");
+  if (!fs::is_directory(dir, ec))
+    fail("model directory " + dir + " does not exist or is not a directory");
 
   auto model = std::unique_ptr<SafetensorsModel>(new SafetensorsModel());
   const fs::path d(dir);
@@ -289,8 +299,8 @@ std::unique_ptr<SafetensorsModel> SafetensorsModel::open_dir(const std::string& 
       if (!shard_file.count(shard)) {
         const fs::path sp = d / shard;
         if (!fs::is_regular_file(sp, ec)) {
-          fail("safetensors index " + ipath + ": shard " + sp.string() + " (of tensor '" +
-               name + "') does not exist");
+          fail("safetensors index " + ipath + ": shard " + sp.string() + " (of tensor '" + name +
+               "') does not exist");
         }
         shard_file[shard] = model->files_.size();
         add_file(SafetensorsFile::open(sp.string()));

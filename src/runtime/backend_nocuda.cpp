@@ -6,7 +6,8 @@
 namespace hybridgen {
 
 bool cuda_available(std::string* why) {
-  if (why) *why = "this build of libhybridgen has no CUDA backend (nvcc was not found at configure time)";
+  if (why)
+    *why = "this build of libhybridgen has no CUDA backend (nvcc was not found at configure time)";
   return false;
 }
 

@@ -31,9 +31,7 @@ void embedding(const float*, const int32_t*, int, int, float*, Stream) { no_cuda
 void add_positions(float*, const float*, const int32_t*, int, int, int, Stream) {
   no_cuda("add_positions");
 }
-void gather_rows(const float*, const int32_t*, int, int, float*, Stream) {
-  no_cuda("gather_rows");
-}
+void gather_rows(const float*, const int32_t*, int, int, float*, Stream) { no_cuda("gather_rows"); }
 void rms_norm(const float*, const float*, int, int, float, float*, Stream) { no_cuda("rms_norm"); }
 void layer_norm(const float*, const float*, const float*, int, int, float, float*, Stream) {
   no_cuda("layer_norm");

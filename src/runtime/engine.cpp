@@ -33,8 +33,9 @@ struct Engine::Impl {
   int max_sequences = 1;
 
   const Tokenizer& tok() const {
-    HG_CHECK(tokenizer, info.source + ": this model has no tokenizer (random-weight presets "
-                                      "without tokenizer.json take token ids only)");
+    HG_CHECK(tokenizer, info.source +
+                            ": this model has no tokenizer (random-weight presets "
+                            "without tokenizer.json take token ids only)");
     return *tokenizer;
   }
 
@@ -73,8 +74,8 @@ Engine::~Engine() = default;
 
 std::unique_ptr<Engine> Engine::load(const LoadOptions& o) {
   HG_CHECK(!o.model_path.empty(), "no model given (the -m / --model flag)");
-  HG_CHECK(o.n_ctx >= 0, "context size (-c / --ctx-size) must be >= 0, got " +
-                             std::to_string(o.n_ctx));
+  HG_CHECK(o.n_ctx >= 0,
+           "context size (-c / --ctx-size) must be >= 0, got " + std::to_string(o.n_ctx));
   HG_CHECK(o.max_sequences >= 1 && o.max_sequences <= 1024,
            "batch size must be in [1, 1024], got " + std::to_string(o.max_sequences));
   HG_CHECK(o.n_threads >= 0, "threads (-t) must be >= 0, got " + std::to_string(o.n_threads));
@@ -111,8 +112,8 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& o) {
 
   im.tokenizer = std::move(m.tokenizer);
   im.max_sequences = o.max_sequences;
-  im.cache = std::make_unique<kv::KvCacheManager>(
-      kv::KvShape{c.n_layers, c.n_kv_heads, c.head_dim}, n_ctx, o.max_sequences);
+  im.cache = std::make_unique<kv::KvCacheManager>(kv::KvShape{c.n_layers, c.n_kv_heads, c.head_dim},
+                                                  n_ctx, o.max_sequences);
   info.kv_bytes_per_token = im.cache->bytes_per_token();
   if (o.device == "cpu") {
     im.model = std::make_unique<Transformer>(std::move(m.config), std::move(m.weights));
@@ -121,9 +122,9 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& o) {
   } else {
     fail("unknown device '" + o.device + "' (the --device flag: cpu or cuda)");
   }
-  log().info("loaded {} ({}, {} layers, {:.1f} MB of {} weights) on {} in {:.2f} s",
-             info.source, info.architecture, info.n_layers, info.weight_bytes / 1e6,
-             info.weight_format, im.model->name(), seconds_since(t0));
+  log().info("loaded {} ({}, {} layers, {:.1f} MB of {} weights) on {} in {:.2f} s", info.source,
+             info.architecture, info.n_layers, info.weight_bytes / 1e6, info.weight_format,
+             im.model->name(), seconds_since(t0));
   return e;
 }
 
@@ -153,8 +154,8 @@ GenerationResult Engine::generate(std::span<const int32_t> prompt, const Generat
                                   const StreamCallback& on_text) {
   BatchStreamCallback cb;
   if (on_text) cb = [&](int, std::string_view text) { return on_text(text); };
-  return std::move(generate_batch({std::vector<int32_t>(prompt.begin(), prompt.end())}, options,
-                                  cb)[0]);
+  return std::move(
+      generate_batch({std::vector<int32_t>(prompt.begin(), prompt.end())}, options, cb)[0]);
 }
 
 std::vector<GenerationResult> Engine::generate_batch(
@@ -234,7 +235,8 @@ std::vector<GenerationResult> Engine::generate_batch(
         if (eog) {
           r.stop_reason = "eog";
           live[i].done = true;
-        } else if (options.n_predict >= 0 && static_cast<int>(r.tokens.size()) >= options.n_predict) {
+        } else if (options.n_predict >= 0 &&
+                   static_cast<int>(r.tokens.size()) >= options.n_predict) {
           r.stop_reason = "length";
           live[i].done = true;
         } else if (len + 1 > im.info.n_ctx) {

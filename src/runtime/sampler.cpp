@@ -10,10 +10,10 @@ namespace hybridgen {
 
 void SamplingParams::validate() const {
   HG_CHECK(std::isfinite(temperature), "sampling: --temp must be a finite number");
-  HG_CHECK(top_p > 0 && top_p <= 1 + 1e-6f, "sampling: --top-p must be in (0, 1], got " +
-                                                 std::to_string(top_p));
-  HG_CHECK(min_p >= 0 && min_p <= 1, "sampling: --min-p must be in [0, 1], got " +
-                                         std::to_string(min_p));
+  HG_CHECK(top_p > 0 && top_p <= 1 + 1e-6f,
+           "sampling: --top-p must be in (0, 1], got " + std::to_string(top_p));
+  HG_CHECK(min_p >= 0 && min_p <= 1,
+           "sampling: --min-p must be in [0, 1], got " + std::to_string(min_p));
   HG_CHECK(repeat_penalty > 0 && std::isfinite(repeat_penalty),
            "sampling: --repeat-penalty must be positive, got " + std::to_string(repeat_penalty));
   HG_CHECK(repeat_last_n >= 0, "sampling: --repeat-last-n must be >= 0");

@@ -14,9 +14,12 @@ const char* selection_mode_name(SelectionMode m) {
 
 const char* scheduler_branch_name(SchedulerBranch b) {
   switch (b) {
-    case SchedulerBranch::kIncrease: return "increase";
-    case SchedulerBranch::kDecrease: return "decrease";
-    case SchedulerBranch::kSwitchToPre: return "switch-to-pre";
+    case SchedulerBranch::kIncrease:
+      return "increase";
+    case SchedulerBranch::kDecrease:
+      return "decrease";
+    case SchedulerBranch::kSwitchToPre:
+      return "switch-to-pre";
   }
   return "?";
 }
@@ -36,9 +39,8 @@ FeedbackScheduler::FeedbackScheduler(const SchedulerConfig& config) : config_(co
   HG_CHECK(config.k_min >= 1, "feedback scheduler: K_min must be >= 1, got " +
                                   std::to_string(config.k_min) +
                                   " (K_min: the fewest offloaded tokens each KV head keeps)");
-  HG_CHECK(config.increase_step >= 1,
-           "feedback scheduler: increase_step must be >= 1, got " +
-               std::to_string(config.increase_step));
+  HG_CHECK(config.increase_step >= 1, "feedback scheduler: increase_step must be >= 1, got " +
+                                          std::to_string(config.increase_step));
   HG_CHECK(config.decrease_factor >= 0 && config.decrease_factor < 1,
            "feedback scheduler: decrease_factor must be in [0, 1), got " +
                std::to_string(config.decrease_factor));
@@ -46,8 +48,8 @@ FeedbackScheduler::FeedbackScheduler(const SchedulerConfig& config) : config_(co
 }
 
 void FeedbackScheduler::reset() {
-  k_ = config_.k_min;                // line 6: Initialize K <- K_min
-  mode_ = SelectionMode::kPostQkt;   // line 7: Initialize strategy <- Post-QKT
+  k_ = config_.k_min;               // line 6: Initialize K <- K_min
+  mode_ = SelectionMode::kPostQkt;  // line 7: Initialize strategy <- Post-QKT
 }
 
 SchedulerDecision FeedbackScheduler::update(int64_t step, int layer, const StageLatencies& lat,
@@ -60,8 +62,7 @@ SchedulerDecision FeedbackScheduler::update(int64_t step, int layer, const Stage
   // !(x >= 0) also rejects NaN, which would otherwise silently take the "else" branch.
   HG_CHECK(lat.t_gpu >= 0 && lat.t_cpu >= 0 && lat.t_tx >= 0,
            "feedback scheduler: latencies must be >= 0 (got T_gpu " + std::to_string(lat.t_gpu) +
-               ", T_cpu " + std::to_string(lat.t_cpu) + ", T_tx " + std::to_string(lat.t_tx) +
-               ")");
+               ", T_cpu " + std::to_string(lat.t_cpu) + ", T_tx " + std::to_string(lat.t_tx) + ")");
   SchedulerDecision d;
   d.step = step;
   d.layer = layer;

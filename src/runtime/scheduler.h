@@ -48,8 +48,8 @@ enum class SelectionMode : uint8_t { kPostQkt = 0, kPreQkt = 1 };
 const char* selection_mode_name(SelectionMode m);
 
 struct SchedulerConfig {
-  int k_min = 0;               // line 4: offline accuracy threshold, >= 1
-  int increase_step = 64;      // line 9: K += increase_step (then clamped to the offloaded count)
+  int k_min = 0;                 // line 4: offline accuracy threshold, >= 1
+  int increase_step = 64;        // line 9: K += increase_step (then clamped to the offloaded count)
   double decrease_factor = 0.5;  // line 12: K <- max(K_min, min(K - 1, floor(K * factor)))
   size_t trace_capacity = 1 << 16;  // decisions kept in the trace; later ones are only counted
 };

@@ -35,8 +35,9 @@ struct SlotAllocator {
   std::function<void(void* p, size_t bytes, size_t alignment)> deallocate;
 
   static SlotAllocator heap() {
-    return {[](size_t bytes, size_t align) { return ::operator new(bytes, std::align_val_t(align)); },
-            [](void* p, size_t, size_t align) { ::operator delete(p, std::align_val_t(align)); }};
+    return {
+        [](size_t bytes, size_t align) { return ::operator new(bytes, std::align_val_t(align)); },
+        [](void* p, size_t, size_t align) { ::operator delete(p, std::align_val_t(align)); }};
   }
 };
 
@@ -203,9 +204,9 @@ class SpscQueue {
   // Producer- and consumer-written words on separate cache lines (no false sharing).
   // Positions are free-running 64-bit counters (never wrap in practice); the event words that the
   // sides sleep on are 32-bit, the futex word size, and only their change matters.
-  alignas(64) std::atomic<uint64_t> tail_{0};        // pushes committed (producer writes)
-  alignas(64) std::atomic<uint32_t> data_event_{0};  // bumped on commit and close; consumer sleeps
-  alignas(64) std::atomic<uint64_t> head_{0};        // pops finished (consumer writes)
+  alignas(64) std::atomic<uint64_t> tail_{0};         // pushes committed (producer writes)
+  alignas(64) std::atomic<uint32_t> data_event_{0};   // bumped on commit and close; consumer sleeps
+  alignas(64) std::atomic<uint64_t> head_{0};         // pops finished (consumer writes)
   alignas(64) std::atomic<uint32_t> space_event_{0};  // bumped on pop and close; producer sleeps
   alignas(64) std::atomic<bool> closed_{false};
 };

@@ -41,14 +41,14 @@ void Transformer::forward(const Batch& batch, kv::KvCacheManager& cache,
   std::vector<int32_t> pos(n);
   for (int t = 0; t < n; ++t) pos[t] = cache.reserve(batch.seq[t], 1);
 
-  std::vector<float> x(size_t(n) * d);      // [n, d] residual stream
-  std::vector<float> h(size_t(n) * d);      // [n, d] normed input / projection output
-  std::vector<float> qkv(size_t(n) * qkv_w);  // [n, q | k | v]
-  std::vector<float> q(size_t(n) * q_w);    // [n, n_heads, head_dim]
-  std::vector<float> k(size_t(n) * kv_w);   // [n, n_kv_heads, head_dim]
-  std::vector<float> v(size_t(n) * kv_w);   // [n, n_kv_heads, head_dim]
-  std::vector<float> att(size_t(n) * q_w);  // [n, n_heads, head_dim]
-  std::vector<float> ffn(size_t(n) * ffn_w);  // [n, 2 d_ff] (gate | up) or [n, d_ff]
+  std::vector<float> x(size_t(n) * d);         // [n, d] residual stream
+  std::vector<float> h(size_t(n) * d);         // [n, d] normed input / projection output
+  std::vector<float> qkv(size_t(n) * qkv_w);   // [n, q | k | v]
+  std::vector<float> q(size_t(n) * q_w);       // [n, n_heads, head_dim]
+  std::vector<float> k(size_t(n) * kv_w);      // [n, n_kv_heads, head_dim]
+  std::vector<float> v(size_t(n) * kv_w);      // [n, n_kv_heads, head_dim]
+  std::vector<float> att(size_t(n) * q_w);     // [n, n_heads, head_dim]
+  std::vector<float> ffn(size_t(n) * ffn_w);   // [n, 2 d_ff] (gate | up) or [n, d_ff]
   std::vector<float> act(size_t(n) * c.d_ff);  // [n, d_ff]
 
   cpu::embedding(weights_.token_embedding.data(), batch.tokens.data(), n, d, x.data());

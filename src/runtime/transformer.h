@@ -7,9 +7,9 @@
 #include <vector>
 
 #include "kv/kv_cache.h"
-#include "runtime/backend.h"
 #include "model/model_config.h"
 #include "model/model_weights.h"
+#include "runtime/backend.h"
 
 namespace hybridgen {
 

@@ -43,14 +43,15 @@ namespace hybridgen {
 // The tokenizer description GGUF files carry (tokenizer.ggml.* keys), decoupled from the GGUF
 // parser. Token strings are in the byte-level alphabet (e.g. "Ġthe").
 struct GgufVocab {
-  std::string model;               // tokenizer.ggml.model: must be "gpt2" (byte-level BPE)
-  std::string pre;                 // tokenizer.ggml.pre: "smollm", "llama-bpe", "qwen2", "gpt-2", ...
-  std::vector<std::string> tokens; // tokenizer.ggml.tokens
-  std::vector<int32_t> token_types;// tokenizer.ggml.token_type (1 normal, 3 control, 4 user-defined, ...)
-  std::vector<std::string> merges; // tokenizer.ggml.merges: "a b"
+  std::string model;  // tokenizer.ggml.model: must be "gpt2" (byte-level BPE)
+  std::string pre;    // tokenizer.ggml.pre: "smollm", "llama-bpe", "qwen2", "gpt-2", ...
+  std::vector<std::string> tokens;  // tokenizer.ggml.tokens
+  std::vector<int32_t>
+      token_types;  // tokenizer.ggml.token_type (1 normal, 3 control, 4 user-defined, ...)
+  std::vector<std::string> merges;  // tokenizer.ggml.merges: "a b"
   int32_t bos_id = -1, eos_id = -1, unk_id = -1, pad_id = -1;
-  bool add_bos = false;            // tokenizer.ggml.add_bos_token
-  std::string chat_template;       // tokenizer.chat_template (may be empty)
+  bool add_bos = false;       // tokenizer.ggml.add_bos_token
+  std::string chat_template;  // tokenizer.chat_template (may be empty)
 };
 
 class Tokenizer {

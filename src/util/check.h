@@ -12,9 +12,9 @@ namespace hybridgen {
 
 [[noreturn]] inline void fail(const std::string& message) { throw Error(message); }
 
-#define HG_CHECK(cond, msg)                    \
-  do {                                         \
-    if (!(cond)) ::hybridgen::fail(msg);       \
+#define HG_CHECK(cond, msg)              \
+  do {                                   \
+    if (!(cond)) ::hybridgen::fail(msg); \
   } while (0)
 
 // Checked size arithmetic: nullopt on overflow. Every size or offset read from a file goes

@@ -53,12 +53,12 @@ using nlohmann::json;
 
 namespace {
 
-constexpr double kCpuTol = 2.5e-2;    // CUDA vs CPU backend, both bf16: max normalized error
+constexpr double kCpuTol = 2.5e-2;   // CUDA vs CPU backend, both bf16: max normalized error
 constexpr double kCpuNmse = 1e-4;    //   and NMSE
 constexpr double kGoldenTol = 8e-2;  // CUDA (bf16) vs transformers (float32)
 constexpr double kGoldenNmse = 1e-3;
-constexpr double kDeepTol = 5e-2;    // CUDA vs CPU for the 30-layer default model (max error;
-                                     // the noise floor grows with depth, see above)
+constexpr double kDeepTol = 5e-2;  // CUDA vs CPU for the 30-layer default model (max error;
+                                   // the noise floor grows with depth, see above)
 
 std::string data_dir() { return std::string(HYBRIDGEN_TEST_DATA_DIR) + "/models"; }
 
@@ -141,9 +141,10 @@ void expect_logits_close(const std::vector<float>& gpu, const std::vector<float>
   EXPECT_LE(nmse, max_nmse) << what << ": NMSE";
   const double frac = rows ? double(top1_same) / rows : 1.0;
   EXPECT_GE(frac, min_top1) << what << ": top-1 agreement " << top1_same << "/" << rows;
-  std::printf("[ %s ] max normalized |logit diff| = %.3g (tolerance %.3g), NMSE %.3g "
-              "(tolerance %.3g), top-1 agreement %zu/%zu\n",
-              what.c_str(), max_err, tol, nmse, max_nmse, top1_same, rows);
+  std::printf(
+      "[ %s ] max normalized |logit diff| = %.3g (tolerance %.3g), NMSE %.3g "
+      "(tolerance %.3g), top-1 agreement %zu/%zu\n",
+      what.c_str(), max_err, tol, nmse, max_nmse, top1_same, rows);
 }
 
 // Greedy continuations of `prompt` on the CPU backend (want) and the CUDA backend (got):
@@ -164,11 +165,12 @@ void expect_same_greedy(hybridgen::Engine& cpu, const std::vector<int32_t>& prom
   double scale = 1;
   for (int j = 0; j < vocab; ++j) scale = std::max(scale, double(std::fabs(row[j])));
   const double margin = double(row[want[k]]) - row[got[k]];
-  std::printf("[ %s ] greedy: %zu of %zu tokens identical; at step %zu the CPU picks %d, CUDA "
-              "%d, CPU margin %.4g (near tie <= %.4g)\n",
-              what.c_str(), k, got.size(), k, want[k], got[k], margin, near_tie * scale);
-  EXPECT_LE(margin, near_tie * scale) << what << ": greedy diverges at step " << k
-                                     << " without a near tie";
+  std::printf(
+      "[ %s ] greedy: %zu of %zu tokens identical; at step %zu the CPU picks %d, CUDA "
+      "%d, CPU margin %.4g (near tie <= %.4g)\n",
+      what.c_str(), k, got.size(), k, want[k], got[k], margin, near_tie * scale);
+  EXPECT_LE(margin, near_tie * scale)
+      << what << ": greedy diverges at step " << k << " without a near tie";
 }
 
 class CudaTest : public ::testing::Test {
@@ -240,8 +242,7 @@ TEST_P(CudaTinyModel, BatchMatchesSingleRunsAndCpu) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, CudaTinyModel,
-                         ::testing::Values("tiny-llama", "tiny-qwen2", "tiny-mistral",
-                                           "tiny-opt"),
+                         ::testing::Values("tiny-llama", "tiny-qwen2", "tiny-mistral", "tiny-opt"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            std::string s = info.param;
                            std::replace(s.begin(), s.end(), '-', '_');
@@ -272,8 +273,8 @@ TEST_P(CudaRandomModel, LogitsAndGreedyMatchCpuBackend) {
   std::mt19937 rng(11);
   std::vector<int32_t> tokens(m.n_tokens);
   for (int32_t& t : tokens) t = std::uniform_int_distribution<int32_t>(0, vocab - 1)(rng);
-  expect_logits_close(gpu->evaluate(tokens), cpu->evaluate(tokens), vocab, kCpuTol, kCpuNmse,
-                      0.98, std::string(m.name) + " cuda vs cpu");
+  expect_logits_close(gpu->evaluate(tokens), cpu->evaluate(tokens), vocab, kCpuTol, kCpuNmse, 0.98,
+                      std::string(m.name) + " cuda vs cpu");
 
   // Decode after a long prompt: one token per forward at positions past n_tokens - 40.
   hybridgen::GenerateOptions gen;
@@ -334,11 +335,11 @@ TEST_F(CudaTest, DefaultModelMatchesCpuBackend) {
   auto cpu = load(spec, "cpu");
   auto gpu = load(spec, "cuda");
   const int vocab = cpu->info().vocab_size;
-  const json ref = read_json(std::string(HYBRIDGEN_TEST_DATA_DIR) +
-                             "/models/smollm2_reference.json");
+  const json ref =
+      read_json(std::string(HYBRIDGEN_TEST_DATA_DIR) + "/models/smollm2_reference.json");
   const auto tokens = ref["tokens"].get<std::vector<int32_t>>();
-  expect_logits_close(gpu->evaluate(tokens), cpu->evaluate(tokens), vocab, kDeepTol, kCpuNmse,
-                      0.95, "SmolLM2-135M cuda vs cpu");
+  expect_logits_close(gpu->evaluate(tokens), cpu->evaluate(tokens), vocab, kDeepTol, kCpuNmse, 0.95,
+                      "SmolLM2-135M cuda vs cpu");
 
   // Greedy chat: identical, or diverging only where the CPU's two candidates are a near tie.
   std::vector<int32_t> prompt = cpu->tokenize(cpu->apply_chat_template(

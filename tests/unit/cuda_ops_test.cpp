@@ -27,8 +27,8 @@
 #include <cstdio>
 #include <cstring>
 #include <iterator>
-#include <ostream>
 #include <limits>
+#include <ostream>
 #include <random>
 #include <sstream>
 #include <string>
@@ -153,13 +153,18 @@ TEST_F(CudaOps, ToBf16IsBitIdenticalToTheHost) {
   // Magnitudes across the range, ties, denormals, zeros, infinities.
   std::uniform_int_distribution<int> e(-140, 120);
   for (size_t i = 0; i < x.size(); i += 3) x[i] = std::ldexp(x[i], e(rng));
-  const float specials[] = {0.f, -0.f, 1.f, -1.f, 1.00390625f /* tie */, 1.01171875f /* tie */,
+  const float specials[] = {0.f,
+                            -0.f,
+                            1.f,
+                            -1.f,
+                            1.00390625f /* tie */,
+                            1.01171875f /* tie */,
                             std::numeric_limits<float>::denorm_min(),
                             std::numeric_limits<float>::max(),
                             std::numeric_limits<float>::infinity(),
                             -std::numeric_limits<float>::infinity()};
   for (size_t i = 0; i < std::size(specials); ++i) x[i] = specials[i];
-  Dev<float> dx(x);             // [n]
+  Dev<float> dx(x);            // [n]
   Dev<uint16_t> dy(x.size());  // [n] bf16 bits
   cu::copy_to_device(dy.get(), std::vector<uint16_t>(x.size(), 0xFFFF).data(), x.size() * 2);
   cu::to_bf16(dx.get(), dy.get(), static_cast<int64_t>(x.size()), nullptr);
@@ -178,9 +183,10 @@ TEST_F(CudaOps, EmbeddingPositionsAndGatherRows) {
     for (int n : {1, 37}) {
       SCOPED_TRACE("d=" + std::to_string(d) + " n=" + std::to_string(n));
       const int vocab = 300, offset = 2, max_pos = 256;
-      const std::vector<float> table = random_vec(rng, size_t(vocab) * d);             // [vocab, d]
-      const std::vector<float> pos_table = random_vec(rng, size_t(max_pos + offset) * d);  // [max_pos + offset, d]
-      std::vector<int32_t> ids(n), pos(n);  // [n]
+      const std::vector<float> table = random_vec(rng, size_t(vocab) * d);  // [vocab, d]
+      const std::vector<float> pos_table =
+          random_vec(rng, size_t(max_pos + offset) * d);  // [max_pos + offset, d]
+      std::vector<int32_t> ids(n), pos(n);                // [n]
       for (int t = 0; t < n; ++t) {
         ids[t] = std::uniform_int_distribution<int>(0, vocab - 1)(rng);
         pos[t] = std::uniform_int_distribution<int>(0, max_pos - 1)(rng);
@@ -358,7 +364,7 @@ struct LinearCase {
 TEST_F(CudaOps, LinearMatchesCpuLinear) {
   std::mt19937 rng(6);
   cu::BlasHandle blas = cu::blas_create(nullptr);
-  const LinearCase cases[] = {{1, 64, 192, false},   {37, 576, 1728, true}, {37, 72, 100, true},
+  const LinearCase cases[] = {{1, 64, 192, false},    {37, 576, 1728, true}, {37, 72, 100, true},
                               {512, 256, 320, false}, {3, 2048, 64, true},   {1, 576, 49152, false},
                               {5, 16, 8, true}};
   for (const LinearCase& c : cases) {
@@ -366,9 +372,9 @@ TEST_F(CudaOps, LinearMatchesCpuLinear) {
                  " out=" + std::to_string(c.out) + (c.bias ? " bias" : ""));
     const std::vector<float> w = random_vec(rng, size_t(c.out) * c.in, -0.1f, 0.1f);  // [out, in]
     const std::vector<float> b = c.bias ? random_vec(rng, c.out) : std::vector<float>();  // [out]
-    const std::vector<float> x = random_vec(rng, size_t(c.m) * c.in);  // [m, in]
+    const std::vector<float> x = random_vec(rng, size_t(c.m) * c.in);                     // [m, in]
     Dev<float> dx(x), db(b), y(size_t(c.m) * c.out);  // y: [m, out]
-    Dev<uint16_t> xb(size_t(c.m) * c.in);           // [m, in] workspace
+    Dev<uint16_t> xb(size_t(c.m) * c.in);             // [m, in] workspace
     std::vector<float> ref(size_t(c.m) * c.out);
 
     // Same bf16 weights on both sides: only the float32 summation order differs.
@@ -376,8 +382,8 @@ TEST_F(CudaOps, LinearMatchesCpuLinear) {
     lb.forward(x.data(), ref.data(), c.m);
     Dev<uint16_t> dw(lb.weight_bf16());  // [out, in] bf16
     poison(y);
-    cu::linear(blas, dw.get(), c.bias ? db.get() : nullptr, dx.get(), xb.get(), y.get(), c.m,
-               c.in, c.out, nullptr);
+    cu::linear(blas, dw.get(), c.bias ? db.get() : nullptr, dx.get(), xb.get(), y.get(), c.m, c.in,
+               c.out, nullptr);
     expect_close(y.download(), ref, 1e-4, "linear, bf16 weights");
 
     // float32 weights on the CPU, bf16-rounded on the GPU.
@@ -387,8 +393,8 @@ TEST_F(CudaOps, LinearMatchesCpuLinear) {
     for (size_t i = 0; i < w.size(); ++i) wb[i] = hybridgen::f32_to_bf16(w[i]);
     dw.upload(wb);
     poison(y);
-    cu::linear(blas, dw.get(), c.bias ? db.get() : nullptr, dx.get(), xb.get(), y.get(), c.m,
-               c.in, c.out, nullptr);
+    cu::linear(blas, dw.get(), c.bias ? db.get() : nullptr, dx.get(), xb.get(), y.get(), c.m, c.in,
+               c.out, nullptr);
     expect_close(y.download(), ref, 2e-2, "linear, float32 weights");
   }
   cu::blas_destroy(blas);
@@ -398,10 +404,10 @@ TEST_F(CudaOps, LinearMatchesCpuLinear) {
 
 struct AttnCase {
   int head_dim, n_heads, n_kv_heads;
-  int n;          // query tokens
-  int ctx;        // cached positions of sequence 0 (sequence 1 holds ctx / 2 + 5)
-  int window;     // 0: unlimited
-  bool two_seqs;  // queries from two sequences in one call
+  int n;                  // query tokens
+  int ctx;                // cached positions of sequence 0 (sequence 1 holds ctx / 2 + 5)
+  int window;             // 0: unlimited
+  bool two_seqs;          // queries from two sequences in one call
   float scale_mul = 1.f;  // > 1: peakier softmax
   // Queries as prefill chunks: runs of consecutive positions ending at each sequence's last
   // position (two sequences: a run of sequence 0, then one of sequence 1 with a stray sequence-0
@@ -411,8 +417,8 @@ struct AttnCase {
 
 std::string describe(const AttnCase& c) {
   return "head_dim=" + std::to_string(c.head_dim) + " heads=" + std::to_string(c.n_heads) + "/" +
-         std::to_string(c.n_kv_heads) + " n=" + std::to_string(c.n) + " ctx=" +
-         std::to_string(c.ctx) + " window=" + std::to_string(c.window) +
+         std::to_string(c.n_kv_heads) + " n=" + std::to_string(c.n) +
+         " ctx=" + std::to_string(c.ctx) + " window=" + std::to_string(c.window) +
          (c.two_seqs ? " two sequences" : "") + " scale x" + std::to_string(c.scale_mul) +
          (c.prefill ? " prefill runs" : "");
 }
@@ -468,7 +474,8 @@ TEST_P(CudaAttention, KvAppendAndAttentionMatchCpu) {
       const hybridgen::kv::LayerView view = cache.view(s, layer);
       for (int h = 0; h < c.n_kv_heads; ++h)
         for (int p = 0; p < lengths[s]; ++p) {
-          const size_t off = (size_t(layer) * c.n_kv_heads * capacity + size_t(h) * capacity + p) * hd;
+          const size_t off =
+              (size_t(layer) * c.n_kv_heads * capacity + size_t(h) * capacity + p) * hd;
           got.insert(got.end(), &gk[off], &gk[off] + hd);
           got.insert(got.end(), &gv[off], &gv[off] + hd);
           ref.insert(ref.end(), view.key(h, p), view.key(h, p) + hd);
@@ -519,8 +526,7 @@ TEST_P(CudaAttention, KvAppendAndAttentionMatchCpu) {
   Dev<int32_t> dseq(seq), dpos(pos);
   poison(out);
   cu::attention(dq.get(), q_stride, c.n, c.n_heads, c.n_kv_heads, hd, dseq.get(), dpos.get(),
-                k_slots.get(), v_slots.get(), layer, capacity, scale, c.window, out.get(),
-                nullptr);
+                k_slots.get(), v_slots.get(), layer, capacity, scale, c.window, out.get(), nullptr);
   expect_close(out.download(), ref, 5e-5, "attention");
 }
 
@@ -531,16 +537,16 @@ INSTANTIATE_TEST_SUITE_P(
                       AttnCase{128, 8, 2, 37, 3000, 0, false},  // group 4
                       AttnCase{128, 8, 8, 1, 3000, 0, false},   // group 1 (MHA)
                       AttnCase{128, 32, 8, 37, 2500, 0, true},
-                      AttnCase{64, 4, 1, 37, 3000, 1000, false},  // sliding window
+                      AttnCase{64, 4, 1, 37, 3000, 1000, false},   // sliding window
                       AttnCase{128, 12, 4, 1, 3000, 4096, false},  // window > context
                       AttnCase{64, 8, 8, 37, 300, 64, true},
-                      AttnCase{16, 4, 2, 37, 200, 8, false},  // tiny-mistral's shape
-                      AttnCase{128, 4, 4, 1, 1, 0, false},    // a single cached position
+                      AttnCase{16, 4, 2, 37, 200, 8, false},         // tiny-mistral's shape
+                      AttnCase{128, 4, 4, 1, 1, 0, false},           // a single cached position
                       AttnCase{64, 9, 3, 37, 3000, 0, false, 16.f},  // peaky softmax
                       AttnCase{128, 8, 2, 1, 3000, 0, true, 16.f},
                       // Split-KV (decode, n <= 64): long contexts, batches, groups > 8.
                       AttnCase{128, 16, 4, 1, 33000, 0, false},  // Llama-3.1-8B group, 32K
-                      AttnCase{128, 32, 8, 8, 9000, 0, true},   // batch of 8, two sequences
+                      AttnCase{128, 32, 8, 8, 9000, 0, true},    // batch of 8, two sequences
                       AttnCase{64, 9, 3, 5, 12000, 0, true},
                       AttnCase{128, 8, 2, 1, 20000, 4096, false},  // window, long context
                       AttnCase{128, 8, 2, 64, 6000, 2000, true},   // 64 queries, window
@@ -549,7 +555,7 @@ INSTANTIATE_TEST_SUITE_P(
                       // Query-tiled (prefill, n > 64, head_dim 64/128).
                       AttnCase{128, 8, 2, 300, 2000, 0, true, 1.f, true},
                       AttnCase{128, 32, 8, 129, 129, 0, false, 1.f, true},  // whole prompt
-                      AttnCase{64, 9, 3, 200, 1500, 100, true, 1.f, true},   // window
+                      AttnCase{64, 9, 3, 200, 1500, 100, true, 1.f, true},  // window
                       AttnCase{128, 8, 2, 70, 5000, 1000, false, 16.f, true},
                       AttnCase{64, 8, 8, 65, 65, 17, false, 1.f, true},  // window < tile
                       AttnCase{128, 4, 1, 100, 3000, 0, true},  // random positions: 1-token runs
@@ -559,17 +565,16 @@ INSTANTIATE_TEST_SUITE_P(
       const AttnCase& c = info.param;
       return "hd" + std::to_string(c.head_dim) + "_h" + std::to_string(c.n_heads) + "_kv" +
              std::to_string(c.n_kv_heads) + "_n" + std::to_string(c.n) + "_ctx" +
-             std::to_string(c.ctx) + "_w" + std::to_string(c.window) +
-             (c.two_seqs ? "_2seq" : "") + (c.scale_mul != 1.f ? "_peaky" : "") +
-             (c.prefill ? "_prefill" : "");
+             std::to_string(c.ctx) + "_w" + std::to_string(c.window) + (c.two_seqs ? "_2seq" : "") +
+             (c.scale_mul != 1.f ? "_peaky" : "") + (c.prefill ? "_prefill" : "");
     });
 
 // ---- argmax ---------------------------------------------------------------------------------
 
 TEST_F(CudaOps, Argmax) {
   std::mt19937 rng(8);
-  for (auto [rows, width] : {std::pair{1, 320}, std::pair{37, 320}, std::pair{5, 49152},
-                             std::pair{3, 152064}}) {
+  for (auto [rows, width] :
+       {std::pair{1, 320}, std::pair{37, 320}, std::pair{5, 49152}, std::pair{3, 152064}}) {
     SCOPED_TRACE("rows=" + std::to_string(rows) + " width=" + std::to_string(width));
     std::vector<float> x = random_vec(rng, size_t(rows) * width, -10.f, 10.f);  // [rows, width]
     // Row 0: a tie between two maxima, the first wins (as std::max_element).

@@ -83,9 +83,10 @@ TEST_F(DefaultModel, LogitsMatchTransformersOnTheGguf) {
       EXPECT_NEAR(logits[size_t(t) * vocab + k * stride], vals[k], kLogitTolerance + 1e-4)
           << "position " << t << " token " << k * stride;
   }
-  std::printf("[ smollm2 ] %zu positions: top-1 identical at %d, max |logit error| on the "
-              "reference's top-20 = %.4g (tolerance %.3g)\n",
-              tokens.size(), top1_same, max_err, kLogitTolerance);
+  std::printf(
+      "[ smollm2 ] %zu positions: top-1 identical at %d, max |logit error| on the "
+      "reference's top-20 = %.4g (tolerance %.3g)\n",
+      tokens.size(), top1_same, max_err, kLogitTolerance);
 }
 
 // bf16 weights (2x less to read per token) round the dequantized Q4_1 values and the GEMM
@@ -116,9 +117,10 @@ TEST_F(DefaultModel, Bf16WeightsStayCloseToTransformers) {
     }
     top1_same += (std::max_element(row, row + vocab) - row) == ids[0];
   }
-  std::printf("[ smollm2 bf16 ] top-1 identical at %d of %zu positions; |logit error| on the "
-              "reference's top-20: mean %.3g, max %.3g\n",
-              top1_same, tokens.size(), sum_err / n_err, max_err);
+  std::printf(
+      "[ smollm2 bf16 ] top-1 identical at %d of %zu positions; |logit error| on the "
+      "reference's top-20: mean %.3g, max %.3g\n",
+      top1_same, tokens.size(), sum_err / n_err, max_err);
   EXPECT_GE(top1_same, static_cast<int>(0.95 * tokens.size()));
   EXPECT_LE(sum_err / n_err, 0.1);
 }
@@ -130,11 +132,11 @@ TEST_F(DefaultModel, GreedyChatKnowsTheCapitalOfFrance) {
   gen.n_predict = 40;
   gen.sampling.temperature = 0;
   std::string streamed;
-  auto out = engine_->generate(engine_->tokenize(prompt, false, true), gen,
-                               [&](std::string_view t) {
-                                 streamed += t;
-                                 return true;
-                               });
+  auto out =
+      engine_->generate(engine_->tokenize(prompt, false, true), gen, [&](std::string_view t) {
+        streamed += t;
+        return true;
+      });
   std::printf("[ smollm2 ] answer: %s\n", out.text.c_str());
   EXPECT_NE(out.text.find("Paris"), std::string::npos) << out.text;
   EXPECT_EQ(streamed, out.text);

@@ -94,8 +94,8 @@ TEST(DequantTest, MatchesGgufPyBitExact) {
       if (bits(out[i]) != bits(want)) {
         if (++mismatches <= 5) {
           ADD_FAILURE() << name << "[" << i << "] = " << out[i] << " (0x" << std::hex
-                        << bits(out[i]) << "), gguf-py: " << want << " (0x" << bits(want)
-                        << ")" << std::dec;
+                        << bits(out[i]) << "), gguf-py: " << want << " (0x" << bits(want) << ")"
+                        << std::dec;
         }
       }
     }
@@ -148,8 +148,8 @@ TEST(HalfTest, F32ToF16MatchesNumpy) {
   ASSERT_EQ(want.size(), c["count"].get<size_t>());
   for (size_t i = 0; i < want.size(); ++i) {
     const float x = g.values[off + i];
-    EXPECT_EQ(f32_to_f16(x), want[i].get<uint16_t>()) << "x = " << x << " (0x" << std::hex
-                                                       << bits(x) << ")";
+    EXPECT_EQ(f32_to_f16(x), want[i].get<uint16_t>())
+        << "x = " << x << " (0x" << std::hex << bits(x) << ")";
   }
 }
 
@@ -180,8 +180,9 @@ TEST(HalfTest, AllHalvesRoundTrip) {
       }
       continue;
     }
-    const float want = exp == 0 ? sign * std::ldexp(static_cast<float>(mant), -24)
-                                : sign * std::ldexp(static_cast<float>(mant | 0x400), int(exp) - 25);
+    const float want = exp == 0
+                           ? sign * std::ldexp(static_cast<float>(mant), -24)
+                           : sign * std::ldexp(static_cast<float>(mant | 0x400), int(exp) - 25);
     EXPECT_EQ(bits(f), bits(want)) << "h = 0x" << std::hex << h;
     EXPECT_EQ(f32_to_f16(f), h) << "h = 0x" << std::hex << h;
   }

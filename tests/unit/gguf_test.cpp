@@ -155,10 +155,12 @@ TEST(DefaultModel, MetadataAndRowsMatchGgufPy) {
   EXPECT_EQ(f->alignment(), g["alignment"].get<uint64_t>());
   EXPECT_EQ(f->keys().size(), g["n_kv"].get<size_t>());
   EXPECT_EQ(f->tensors().size(), g["n_tensors"].get<size_t>());
-  for (const auto& [k, v] : g["strings"].items()) EXPECT_EQ(f->get_string(k), v.get<std::string>()) << k;
+  for (const auto& [k, v] : g["strings"].items())
+    EXPECT_EQ(f->get_string(k), v.get<std::string>()) << k;
   for (const auto& [k, v] : g["uints"].items()) EXPECT_EQ(f->get_uint(k), v.get<uint64_t>()) << k;
   for (const auto& [k, v] : g["floats"].items()) EXPECT_EQ(f->get_float(k), v.get<double>()) << k;
-  for (const auto& [k, v] : g["bools"].items()) EXPECT_EQ(f->get_bool(k, !v.get<bool>()), v.get<bool>()) << k;
+  for (const auto& [k, v] : g["bools"].items())
+    EXPECT_EQ(f->get_bool(k, !v.get<bool>()), v.get<bool>()) << k;
 
   const auto tokens = f->get_string_array("tokenizer.ggml.tokens");
   ASSERT_EQ(tokens.size(), g["tokens"]["count"].get<size_t>());
@@ -181,7 +183,8 @@ TEST(DefaultModel, MetadataAndRowsMatchGgufPy) {
     ++counts[std::string(dtype_name(t.dtype))];
     total += t.nbytes;
   }
-  for (const auto& [type, n] : g["type_counts"].items()) EXPECT_EQ(counts[type], n.get<int>()) << type;
+  for (const auto& [type, n] : g["type_counts"].items())
+    EXPECT_EQ(counts[type], n.get<int>()) << type;
   EXPECT_EQ(total, g["total_nbytes"].get<uint64_t>());
   for (const auto& [name, t] : g["tensors"].items()) {
     const TensorInfo* info = f->find(name);
@@ -197,7 +200,8 @@ TEST(DefaultModel, MetadataAndRowsMatchGgufPy) {
     ASSERT_NE(info, nullptr) << name;
     const int64_t cols = info->shape.back();
     const int64_t r = row["row"];
-    const uint64_t row_bytes = cols / dtype_block_size(info->dtype) * dtype_block_bytes(info->dtype);
+    const uint64_t row_bytes =
+        cols / dtype_block_size(info->dtype) * dtype_block_bytes(info->dtype);
     std::vector<float> out(static_cast<size_t>(cols));
     dequantize(info->dtype, info->data + r * row_bytes, out.data(), cols);
     const auto& want = row["values"];
@@ -243,11 +247,27 @@ TEST(DefaultModel, DequantizeEverything) {
 
 struct Bytes {
   std::string b;
-  Bytes& u8(uint8_t v) { b.push_back(static_cast<char>(v)); return *this; }
-  Bytes& u32(uint32_t v) { b.append(reinterpret_cast<const char*>(&v), 4); return *this; }
-  Bytes& u64(uint64_t v) { b.append(reinterpret_cast<const char*>(&v), 8); return *this; }
-  Bytes& f32(float v) { b.append(reinterpret_cast<const char*>(&v), 4); return *this; }
-  Bytes& str(const std::string& s) { u64(s.size()); b += s; return *this; }
+  Bytes& u8(uint8_t v) {
+    b.push_back(static_cast<char>(v));
+    return *this;
+  }
+  Bytes& u32(uint32_t v) {
+    b.append(reinterpret_cast<const char*>(&v), 4);
+    return *this;
+  }
+  Bytes& u64(uint64_t v) {
+    b.append(reinterpret_cast<const char*>(&v), 8);
+    return *this;
+  }
+  Bytes& f32(float v) {
+    b.append(reinterpret_cast<const char*>(&v), 4);
+    return *this;
+  }
+  Bytes& str(const std::string& s) {
+    u64(s.size());
+    b += s;
+    return *this;
+  }
   Bytes& header(uint32_t version, uint64_t n_tensors, uint64_t n_kv) {
     b += "GGUF";
     return u32(version).u64(n_tensors).u64(n_kv);
@@ -263,7 +283,10 @@ struct Bytes {
     while (b.size() % align) b.push_back(0);
     return *this;
   }
-  Bytes& zeros(size_t n) { b.append(n, '\0'); return *this; }
+  Bytes& zeros(size_t n) {
+    b.append(n, '\0');
+    return *this;
+  }
 };
 
 class MalformedGguf : public ::testing::Test {
@@ -548,11 +571,13 @@ TEST_F(MalformedGguf, TruncationsAndCorruptionsFailCleanly) {
   // Thousands of small writes: use a RAM-backed directory when there is one.
   const fs::path shm = "/dev/shm";
   const fs::path scratch = fs::is_directory(shm) && ::access("/dev/shm", W_OK) == 0 ? shm : dir_;
-  const std::string p =
-      (scratch / ("hg_fuzz.gguf_" + std::to_string(::getpid()))).string();
+  const std::string p = (scratch / ("hg_fuzz.gguf_" + std::to_string(::getpid()))).string();
   struct Remove {
     std::string p;
-    ~Remove() { std::error_code ec; fs::remove(p, ec); }
+    ~Remove() {
+      std::error_code ec;
+      fs::remove(p, ec);
+    }
   } remove_at_exit{p};
   for (size_t len = 0; len < header_end; ++len) {
     std::ofstream(p, std::ios::binary | std::ios::trunc) << golden.b.substr(0, len);

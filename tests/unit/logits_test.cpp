@@ -21,14 +21,17 @@ struct Keys {
   KeyDType dtype;
   int n_kv_heads, n_tokens, head_dim;
   int64_t token_stride, head_stride;
-  std::vector<float> f32;      // [n_kv_heads, n_tokens(+pad), token_stride] when dtype == f32
-  std::vector<uint16_t> u16;   // same layout for f16 / bf16
+  std::vector<float> f32;     // [n_kv_heads, n_tokens(+pad), token_stride] when dtype == f32
+  std::vector<uint16_t> u16;  // same layout for f16 / bf16
   double at(int h, int t, int i) const {  // the stored value, exactly
     const int64_t o = h * head_stride + t * token_stride + i;
     switch (dtype) {
-      case KeyDType::kF32: return f32[o];
-      case KeyDType::kF16: return f16_to_f32(u16[o]);
-      case KeyDType::kBF16: return bf16_to_f32(u16[o]);
+      case KeyDType::kF32:
+        return f32[o];
+      case KeyDType::kF16:
+        return f16_to_f32(u16[o]);
+      case KeyDType::kBF16:
+        return bf16_to_f32(u16[o]);
     }
     return 0;
   }
@@ -44,16 +47,21 @@ Keys make_keys(KeyDType dtype, int n_kv_heads, int n_tokens, int head_dim, std::
   std::normal_distribution<float> nd(0.f, 1.f);
   // Padding holds NaN: reading it would poison a logit and fail the comparison.
   const float nan = std::numeric_limits<float>::quiet_NaN();
-  if (dtype == KeyDType::kF32) k.f32.assign(n, nan);
-  else k.u16.assign(n, dtype == KeyDType::kF16 ? f32_to_f16(nan) : f32_to_bf16(nan));
+  if (dtype == KeyDType::kF32)
+    k.f32.assign(n, nan);
+  else
+    k.u16.assign(n, dtype == KeyDType::kF16 ? f32_to_f16(nan) : f32_to_bf16(nan));
   for (int h = 0; h < n_kv_heads; ++h)
     for (int t = 0; t < n_tokens; ++t)
       for (int i = 0; i < head_dim; ++i) {
         const int64_t o = h * k.head_stride + t * k.token_stride + i;
         const float v = nd(rng);
-        if (dtype == KeyDType::kF32) k.f32[o] = v;
-        else if (dtype == KeyDType::kF16) k.u16[o] = f32_to_f16(v);
-        else k.u16[o] = f32_to_bf16(v);
+        if (dtype == KeyDType::kF32)
+          k.f32[o] = v;
+        else if (dtype == KeyDType::kF16)
+          k.u16[o] = f32_to_f16(v);
+        else
+          k.u16[o] = f32_to_bf16(v);
       }
   return k;
 }
@@ -66,8 +74,8 @@ struct Case {
 };
 
 std::string name(const Case& c) {
-  return std::string(key_dtype_name(c.dtype)) + "/" + logits_path_name(c.path) + " kv=" +
-         std::to_string(c.n_kv_heads) + " g=" + std::to_string(c.group) +
+  return std::string(key_dtype_name(c.dtype)) + "/" + logits_path_name(c.path) +
+         " kv=" + std::to_string(c.n_kv_heads) + " g=" + std::to_string(c.group) +
          " d=" + std::to_string(c.head_dim) + " n=" + std::to_string(c.n_tokens) +
          (c.gather ? " gather" : "");
 }

@@ -185,8 +185,8 @@ TEST(Loading, MissingTensorNamesTheTensor) {
 
 TEST(Loading, PresetsLoadWithRandomWeights) {
   // Every preset config parses; a small one runs with random weights.
-  for (const auto& entry : fs::directory_iterator(std::string(HYBRIDGEN_SOURCE_DIR) +
-                                                  "/models/presets")) {
+  for (const auto& entry :
+       fs::directory_iterator(std::string(HYBRIDGEN_SOURCE_DIR) + "/models/presets")) {
     SCOPED_TRACE(entry.path().string());
     EXPECT_TRUE(fs::exists(entry.path() / "config.json"));
   }

@@ -103,8 +103,7 @@ TEST(NumaConfig, BudgetLargerThanTheNodeIsAnError) {
   c.fast_budget_bytes = n0.size_bytes + 1;
   const std::string e = error_of([&] { NumaAllocator a(c); });
   EXPECT_TRUE(has(e, "fast-tier budget of " + std::to_string(n0.size_bytes + 1) + " bytes")) << e;
-  EXPECT_TRUE(has(e, "node " + std::to_string(n0.id) + ": " + std::to_string(n0.size_bytes)))
-      << e;
+  EXPECT_TRUE(has(e, "node " + std::to_string(n0.id) + ": " + std::to_string(n0.size_bytes))) << e;
 
   // A slow-tier budget with no slow tier at all.
   if (real_two_tiers().slow < 0) {
@@ -142,7 +141,7 @@ TEST(NumaAllocatorDram, BindsToTheFastNodeAndCountsPerRole) {
   EXPECT_EQ(fast, discover_topology().local_node);
 
   void* k = a.allocate(3 * kMiB + 5, Role::kKeys);  // rounded up to 2 MiB huge pages: 4 MiB
-  void* v = a.allocate(100, Role::kValues);          // one page
+  void* v = a.allocate(100, Role::kValues);         // one page
   ASSERT_NE(k, nullptr);
   ASSERT_NE(v, nullptr);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(k) % (2 * kMiB), 0u);
@@ -396,8 +395,8 @@ TEST(NumaDma, ThrowingRegistrarIsAFailureToo) {
   TierConfig c;
   c.policy = Policy::kDram;
   NumaAllocator a(c);
-  a.set_dma_hooks({[](void*, size_t, std::string&) -> bool { throw std::runtime_error("boom"); },
-                   nullptr});
+  a.set_dma_hooks(
+      {[](void*, size_t, std::string&) -> bool { throw std::runtime_error("boom"); }, nullptr});
   void* v = a.allocate(4096, Role::kValues);
   EXPECT_FALSE(a.dma_registered(v));
   EXPECT_EQ(a.dma_registration_failures(), 1u);

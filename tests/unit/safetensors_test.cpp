@@ -51,7 +51,8 @@ std::string torch_to_st(const std::string& torch_dtype) {
 
 // Checks every tensor of `rel` (a file written by the safetensors package) against the values
 // torch had when it saved them.
-void check_against_golden(const std::string& rel, const std::function<const TensorInfo*(const std::string&)>& find) {
+void check_against_golden(const std::string& rel,
+                          const std::function<const TensorInfo*(const std::string&)>& find) {
   const auto g = golden()[rel];
   ASSERT_FALSE(g.is_null()) << rel;
   for (const auto& [name, t] : g["tensors"].items()) {
@@ -82,7 +83,8 @@ TEST(SafetensorsGolden, SingleFile) {
   EXPECT_EQ(f->tensors().size(), 8u);
   EXPECT_EQ(f->metadata().at("format"), "pt");
   EXPECT_EQ(f->metadata().at("note"), "hybridgen test");
-  check_against_golden("single/model.safetensors", [&](const std::string& n) { return f->find(n); });
+  check_against_golden("single/model.safetensors",
+                       [&](const std::string& n) { return f->find(n); });
   EXPECT_EQ(f->find("w.scalar")->shape, std::vector<int64_t>{});
   EXPECT_EQ(f->find("w.empty")->nbytes, 0u);
   EXPECT_EQ(f->find("absent"), nullptr);
@@ -93,7 +95,8 @@ TEST(SafetensorsGolden, ModelDirSingle) {
   EXPECT_EQ(m->names().size(), 8u);
   EXPECT_EQ(m->file_of("w.f32"), kDir + "/single/model.safetensors");
   EXPECT_EQ(m->file_of("absent"), "");
-  check_against_golden("single/model.safetensors", [&](const std::string& n) { return m->find(n); });
+  check_against_golden("single/model.safetensors",
+                       [&](const std::string& n) { return m->find(n); });
 }
 
 TEST(SafetensorsGolden, ModelDirSharded) {
@@ -112,7 +115,8 @@ TEST(SafetensorsGolden, ModelDirSharded) {
 TEST(SafetensorsGolden, ModelDirOtherName) {
   auto m = SafetensorsModel::open_dir(kDir + "/othername");
   EXPECT_EQ(m->names(), std::vector<std::string>{"x"});
-  check_against_golden("othername/weights.safetensors", [&](const std::string& n) { return m->find(n); });
+  check_against_golden("othername/weights.safetensors",
+                       [&](const std::string& n) { return m->find(n); });
 }
 
 // The transformers-written checkpoints other suites use (tests/data/models/*): every model
@@ -268,8 +272,8 @@ TEST_F(MalformedSafetensors, HoleBetweenTensors) {
 
 TEST_F(MalformedSafetensors, UnsupportedDtype) {
   for (const char* dt : {"F8_E4M3", "F64", "U8", "WHAT"}) {
-    const std::string h = std::string(R"({"emb":{"dtype":")") + dt +
-                          R"(","shape":[1],"data_offsets":[0,8]}})";
+    const std::string h =
+        std::string(R"({"emb":{"dtype":")") + dt + R"(","shape":[1],"data_offsets":[0,8]}})";
     const std::string e = open_error(file_bytes(h, 8));
     EXPECT_TRUE(Contains(e, std::string("unsupported dtype ") + dt + " of tensor emb in "));
   }
@@ -295,8 +299,7 @@ TEST_F(MalformedSafetensors, BadShapes) {
 
 TEST_F(MalformedSafetensors, HugeShapeOverflow) {
   // 2^32 * 2^32 elements overflows 64 bits; 2^31 * 2^31 * 4 bytes overflows the byte count.
-  std::string h =
-      R"({"big":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}})";
+  std::string h = R"({"big":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}})";
   std::string e = open_error(file_bytes(h, 4));
   EXPECT_TRUE(Contains(e, "'big'"));
   EXPECT_TRUE(Contains(e, "overflow"));
@@ -332,11 +335,13 @@ TEST_F(MalformedSafetensors, TruncationsAndCorruptionsFailCleanly) {
   // Thousands of small writes: use a RAM-backed directory when there is one.
   const fs::path shm = "/dev/shm";
   const fs::path scratch = fs::is_directory(shm) && ::access("/dev/shm", W_OK) == 0 ? shm : dir_;
-  const std::string p =
-      (scratch / ("hg_fuzz.safetensors_" + std::to_string(::getpid()))).string();
+  const std::string p = (scratch / ("hg_fuzz.safetensors_" + std::to_string(::getpid()))).string();
   struct Remove {
     std::string p;
-    ~Remove() { std::error_code ec; fs::remove(p, ec); }
+    ~Remove() {
+      std::error_code ec;
+      fs::remove(p, ec);
+    }
   } remove_at_exit{p};
   for (size_t len = 0; len < golden.size(); ++len) {
     std::ofstream(p, std::ios::binary | std::ios::trunc) << golden.substr(0, len);

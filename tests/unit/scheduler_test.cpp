@@ -162,13 +162,18 @@ TEST(FeedbackScheduler, BadConfigurationIsAClearError) {
   EXPECT_NE(error_of([] { FeedbackScheduler s(config(8, 1, 1.0)); }).find("decrease_factor"),
             std::string::npos);
   FeedbackScheduler s(config(512));
-  EXPECT_NE(error_of([&] { s.update(0, 0, kFast, 300); })
-                .find("K_min = 512 is above the 300 offloaded tokens"),
+  EXPECT_NE(error_of([&] {
+              s.update(0, 0, kFast, 300);
+            }).find("K_min = 512 is above the 300 offloaded tokens"),
             std::string::npos);
   const double nan = std::numeric_limits<double>::quiet_NaN();
-  EXPECT_NE(error_of([&] { s.update(0, 0, {10, nan, 1}, 1000); }).find("latencies must be >= 0"),
+  EXPECT_NE(error_of([&] {
+              s.update(0, 0, {10, nan, 1}, 1000);
+            }).find("latencies must be >= 0"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { s.update(0, 0, {10, 1, -1}, 1000); }).find("latencies must be >= 0"),
+  EXPECT_NE(error_of([&] {
+              s.update(0, 0, {10, 1, -1}, 1000);
+            }).find("latencies must be >= 0"),
             std::string::npos);
   EXPECT_EQ(s.decisions(), 0);  // rejected inputs change nothing
   EXPECT_EQ(s.k(), 512);

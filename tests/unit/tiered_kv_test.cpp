@@ -3,8 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cstring>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <random>
 #include <vector>
@@ -125,7 +125,8 @@ void check_invariants(const TieredLayerKv& kv, const Appended& rec, int n_kv_hea
   // Order restored: the concatenator yields positions 0..len-1 (positions as the payload).
   std::vector<float> host_rows(n_off), win_rows(std::max(window, 1), -1.f);
   for (int j = 0; j < n_off; ++j) host_rows[j] = static_cast<float>(j);
-  for (int i = 0; i < kv.n_window(); ++i) win_rows[kv.window_slot(i)] = static_cast<float>(n_off + i);
+  for (int i = 0; i < kv.n_window(); ++i)
+    win_rows[kv.window_slot(i)] = static_cast<float>(n_off + i);
   std::vector<float> out(len);
   std::vector<int32_t> pos(len);
   concat_tiers(kv, nullptr, n_off, host_rows.data(), win_rows.data(), 1, out.data(), pos.data());
@@ -194,7 +195,8 @@ void check_attention(const TieredLayerKv& kv, const Appended& rec, const Shape& 
     }
     std::vector<float> logits(len);
     std::vector<int32_t> pos(len);
-    concat_tiers(kv, nullptr, n_off, host_logits.data() + static_cast<int64_t>(qh) * std::max(n_off, 1),
+    concat_tiers(kv, nullptr, n_off,
+                 host_logits.data() + static_cast<int64_t>(qh) * std::max(n_off, 1),
                  win_logits.data(), 1, logits.data(), pos.data());
     // V rows in the same order.
     std::vector<float> host_v(static_cast<size_t>(std::max(n_off, 1)) * d);
@@ -288,9 +290,9 @@ TEST_P(TieredExactness, TieredAttentionEqualsMonolithicForEveryWindow) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, TieredExactness,
-                         ::testing::Values(Shape{4, 4, 16},    // MHA
-                                           Shape{8, 2, 32},    // GQA 4:1
-                                           Shape{6, 3, 8}));   // GQA 2:1, small head
+                         ::testing::Values(Shape{4, 4, 16},   // MHA
+                                           Shape{8, 2, 32},   // GQA 4:1
+                                           Shape{6, 3, 8}));  // GQA 2:1, small head
 
 // ---- invariants over many steps -------------------------------------------------------------
 

@@ -25,11 +25,39 @@ TEST(TokenSelector, PostQktTopKPerKvHeadInOriginalOrder) {
   const float nan = std::nanf("");
   std::vector<float> logits = {
       // KV head 0, query head 0 and 1
-      0.f, 5.f, 1.f, 2.f, 9.f, 3.f, nan, nan,  //
-      8.f, 0.f, 1.f, 2.f, 0.f, 4.f, nan, nan,  //
+      0.f,
+      5.f,
+      1.f,
+      2.f,
+      9.f,
+      3.f,
+      nan,
+      nan,  //
+      8.f,
+      0.f,
+      1.f,
+      2.f,
+      0.f,
+      4.f,
+      nan,
+      nan,  //
       // KV head 1
-      1.f, 1.f, 1.f, 1.f, 1.f, 1.f, nan, nan,  // all tied
-      0.f, 0.f, 0.f, 7.f, 0.f, 0.f, nan, nan,
+      1.f,
+      1.f,
+      1.f,
+      1.f,
+      1.f,
+      1.f,
+      nan,
+      nan,  // all tied
+      0.f,
+      0.f,
+      0.f,
+      7.f,
+      0.f,
+      0.f,
+      nan,
+      nan,
   };
   // max: head 0 scores {8,5,1,2,9,4} -> top 3 = tokens 4, 0, 1 -> ascending {0,1,4}
   //      head 1 scores {1,1,1,7,1,1} -> 3, then ties broken to the lowest index: 0, 1
@@ -109,7 +137,7 @@ TEST(TokenSelector, HeavyHittersFromAccumulatedProbabilities) {
   EXPECT_EQ(s.k, 7);
   sel.idx = {2, 9, 3, 4};
   EXPECT_THROW(acc.accumulate_selected(sel, p2.data(), 2, 2, 7), Error);  // 9 is not offloaded
-  EXPECT_THROW(acc.accumulate(p1.data(), 2, 5, 5), Error);  // the count cannot shrink
+  EXPECT_THROW(acc.accumulate(p1.data(), 2, 5, 5), Error);                // the count cannot shrink
 }
 
 TEST(TokenSelector, PartialDimensionPredictor) {
@@ -118,11 +146,11 @@ TEST(TokenSelector, PartialDimensionPredictor) {
   std::vector<float> q = {0.1f, 3.f, 0.f, 0.1f, 0.2f, -2.f, 0.f, 0.1f};
   // keys: [5, 4] f32. Along dim 1: {1, -4, 2, 0.5, 3}; other dims large but ignored with r = 1.
   std::vector<float> k = {
-      9, 1, 9, 9,   //
-      9, -4, 9, 9,  //
-      -9, 2, -9, -9,  //
-      0, 0.5f, 0, 0,  //
-      0, 3, 0, 0,
+      9,  1,    9,  9,   //
+      9,  -4,   9,  9,   //
+      -9, 2,    -9, -9,  //
+      0,  0.5f, 0,  0,   //
+      0,  3,    0,  0,
   };
   const cpu::KeysView keys{k.data(), cpu::KeyDType::kF32, 20, 4};
   // approx logits, head 0: 3*{1,-4,2,0.5,3} = {3,-12,6,1.5,9}; head 1: -2*{...} = {-2,8,-4,-1,-6}

@@ -3,7 +3,6 @@
 //   hybridgen-run -m model.gguf -p "Once upon a time" -n 64
 //   hybridgen-run --chat -p "What is the capital of France?" --temp 0
 #include <CLI/CLI.hpp>
-
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -80,12 +79,14 @@ int main(int argc, char** argv) {
   app.add_option("--device", load.device, "where the model runs: cpu or cuda")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
-  app.add_flag("--ignore-eos", [&](int64_t) { gen.stop_at_eog = false; },
-               "keep generating past end-of-generation tokens");
+  app.add_flag(
+      "--ignore-eos", [&](int64_t) { gen.stop_at_eog = false; },
+      "keep generating past end-of-generation tokens");
   app.add_flag("--show-prompt", show_prompt, "print the prompt before the generated text");
   app.add_flag("-v,--verbose", verbose, "log details (model, memory, timings) to stderr");
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, off "
-                                           "(default warn; env HYBRIDGEN_LOG_LEVEL)");
+  app.add_option("--log-level", log_level,
+                 "trace, debug, info, warn, error, off "
+                 "(default warn; env HYBRIDGEN_LOG_LEVEL)");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -142,8 +143,9 @@ int main(int argc, char** argv) {
       tokens = engine->tokenize(text, !chat, true);
       if (show_prompt) std::fwrite(text.data(), 1, text.size(), stdout);
     } else {
-      throw hybridgen::Error(info.source + " has no tokenizer: put a tokenizer.json beside the "
-                                           "config, or give --n-prompt N for random token ids");
+      throw hybridgen::Error(info.source +
+                             " has no tokenizer: put a tokenizer.json beside the "
+                             "config, or give --n-prompt N for random token ids");
     }
     if (verbose) std::fprintf(stderr, "prompt: %zu tokens\n", tokens.size());
 
@@ -163,17 +165,16 @@ int main(int argc, char** argv) {
     const auto& s = results[0].stats;
     int generated = 0;
     for (const auto& r : results) generated += r.stats.n_generated;
-    std::fprintf(stderr,
-                 "\nprefill: %d tokens x %d in %.3f s (%.2f tokens/s)\n"
-                 "decode: %d tokens in %.3f s (%.2f tokens/s, %.2f ms/step, %d sequence(s)); "
-                 "stop: %s\n",
-                 s.n_prompt_tokens, batch, s.prefill_seconds,
-                 s.n_prompt_tokens * batch / std::max(s.prefill_seconds, 1e-9), generated,
-                 s.decode_seconds,
-                 s.decode_seconds > 0 ? (generated - batch) / s.decode_seconds : 0.0,
-                 generated > batch ? 1000.0 * s.decode_seconds / ((generated - batch) / batch) : 0.0,
-                 batch,
-                 results[0].stop_reason.c_str());
+    std::fprintf(
+        stderr,
+        "\nprefill: %d tokens x %d in %.3f s (%.2f tokens/s)\n"
+        "decode: %d tokens in %.3f s (%.2f tokens/s, %.2f ms/step, %d sequence(s)); "
+        "stop: %s\n",
+        s.n_prompt_tokens, batch, s.prefill_seconds,
+        s.n_prompt_tokens * batch / std::max(s.prefill_seconds, 1e-9), generated, s.decode_seconds,
+        s.decode_seconds > 0 ? (generated - batch) / s.decode_seconds : 0.0,
+        generated > batch ? 1000.0 * s.decode_seconds / ((generated - batch) / batch) : 0.0, batch,
+        results[0].stop_reason.c_str());
   } catch (const hybridgen::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
