@@ -18,45 +18,14 @@
 #include <vector>
 
 #include "cpu/logits.h"
+#include "host_bandwidth.h"
 #include "model/dequant.h"
 
 namespace {
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using hybridgen::bench::median;
 
-double host_read_gbs(int reps) {
-  const size_t n = (size_t{1} << 30) / sizeof(float);
-  std::vector<float> buf(n);
-#pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < n; ++i) buf[i] = static_cast<float>(i & 1023) * 1e-3f;
-  std::vector<double> gbs;
-  double sink = 0;
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    float total = 0;
-#pragma omp parallel reduction(+ : total)
-    {
-      float acc[8][16] = {};
-#pragma omp for schedule(static)
-      for (size_t b = 0; b < n / 128; ++b) {
-        const float* p = &buf[b * 128];
-        for (int j = 0; j < 8; ++j)
-#pragma omp simd
-          for (int k = 0; k < 16; ++k) acc[j][k] += p[j * 16 + k];
-      }
-      for (int j = 0; j < 8; ++j)
-        for (int k = 0; k < 16; ++k) total += acc[j][k];
-    }
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    sink += total;
-    gbs.push_back(n * sizeof(float) / s / 1e9);
-  }
-  if (sink == 12345.678) std::printf(" ");  // keep the sum alive
-  return median(gbs);
-}
+double host_read_gbs(int reps) { return median(hybridgen::bench::host_read_gbs(1024, reps)); }
 
 }  // namespace
 
