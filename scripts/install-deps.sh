@@ -7,7 +7,8 @@ if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 pkgs=(cmake ninja-build g++ pkg-config
       libdnnl-dev libnuma-dev libspdlog-dev libfmt-dev libcli11-dev
       libgtest-dev googletest libbenchmark-dev nlohmann-json3-dev libpcre2-dev
-      python3)
+      python3
+      clang libclang-rt-14-dev libomp-dev llvm)  # clang + runtimes: the libFuzzer harnesses
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -677,7 +677,10 @@ PlacementReport NumaAllocator::report() const {
     regions.assign(regions_.begin(), regions_.end());
   }
   const size_t max_pages = std::max<size_t>(1, config_.report_max_pages_per_region);
-  for (const auto& [addr, r] : regions) {
+  for (const auto& entry : regions) {
+    // Named, not a structured binding: clang 14 cannot capture bindings in the lambda below.
+    const uintptr_t addr = entry.first;
+    const auto& r = entry.second;
     auto it = std::find_if(rep.entries.begin(), rep.entries.end(), [&](const PlacementEntry& e) {
       return e.role == r.role && e.tier == r.tier && e.interleaved == r.interleaved;
     });

@@ -6,6 +6,7 @@
 
 #include "model/gguf.h"
 #include "util/check.h"
+#include "util/json.h"
 
 namespace hybridgen {
 
@@ -42,7 +43,7 @@ void ModelConfig::validate(const std::string& source) const {
                                           std::to_string(n_kv_heads) + ")");
   HG_CHECK(head_dim % 2 == 0, source + ": head_dim must be even, got " + std::to_string(head_dim));
   HG_CHECK(n_layers <= 1024 && d_model <= (1 << 17) && n_heads <= 1024 && head_dim <= 1024 &&
-               d_ff <= (1 << 20) && vocab_size <= (1 << 24),
+               d_ff <= (1 << 20) && vocab_size <= (1 << 24) && max_positions <= (1 << 24),
            source + ": model dimensions are implausibly large");
   if (!learned_positions) {
     HG_CHECK(rope_dim > 0 && rope_dim <= head_dim && rope_dim % 2 == 0,
@@ -92,7 +93,7 @@ int64_t ModelConfig::n_params() const {
   const int64_t per_layer = d * (q + 2 * kv) + q * d + (relu_ffn ? 2 : 3) * d * d_ff + 4 * d;
   int64_t total = int64_t(vocab_size) * d + n_layers * per_layer + d;
   if (!tied_embeddings) total += int64_t(vocab_size) * d;
-  if (learned_positions) total += int64_t(max_positions + position_offset) * d;
+  if (learned_positions) total += (int64_t(max_positions) + position_offset) * d;
   return total;
 }
 
@@ -161,14 +162,10 @@ void parse_rope(const json& j, const std::string& path, ModelConfig& c) {
 }  // namespace
 
 ModelConfig parse_hf_config(const std::string& path) {
-  std::ifstream in(path);
+  std::ifstream in(path, std::ios::binary);
   HG_CHECK(in, path + ": cannot open the model's config.json");
-  json j;
-  try {
-    j = json::parse(in);
-  } catch (const std::exception& e) {
-    fail(path + ": not valid JSON: " + e.what());
-  }
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const json j = parse_json(text, path);
   HG_CHECK(j.is_object(), path + ": expected a JSON object");
   JsonFields f{j, path};
   std::string type = f.get_string("model_type", "");

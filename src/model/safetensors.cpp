@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "util/check.h"
+#include "util/json.h"
 
 namespace hybridgen {
 
@@ -41,37 +42,9 @@ bool supported_dtype(const std::string& name, DtypeSpec* out) {
 }
 
 // Parses JSON and rejects an object with a repeated key at any depth (nlohmann keeps just
-// one of the duplicates silently).
+// one of the duplicates silently) and documents nested too deep (util/json.h).
 json parse_json_rejecting_duplicates(const char* begin, const char* end, const std::string& what) {
-  std::vector<std::set<std::string>> seen;  // one key set per open object
-  std::string duplicate;
-  json::parser_callback_t cb = [&](int /*depth*/, json::parse_event_t event, json& parsed) {
-    switch (event) {
-      case json::parse_event_t::object_start:
-        seen.emplace_back();
-        break;
-      case json::parse_event_t::object_end:
-        if (!seen.empty()) seen.pop_back();
-        break;
-      case json::parse_event_t::key:
-        if (!seen.empty() && parsed.is_string()) {
-          const auto& k = parsed.get_ref<const std::string&>();
-          if (!seen.back().insert(k).second && duplicate.empty()) duplicate = k;
-        }
-        break;
-      default:
-        break;
-    }
-    return true;
-  };
-  json j;
-  try {
-    j = json::parse(begin, end, cb, /*allow_exceptions=*/true, /*ignore_comments=*/false);
-  } catch (const json::exception& e) {
-    fail(what + " is not valid JSON: " + e.what());
-  }
-  if (!duplicate.empty()) fail(what + " has the key '" + duplicate + "' more than once");
-  return j;
+  return parse_json(std::string_view(begin, static_cast<size_t>(end - begin)), what, true);
 }
 
 std::string read_small_file(const std::string& path) {

@@ -37,7 +37,11 @@ struct TensorInfo {
   const uint8_t* data = nullptr;  // points into the mapped file; valid while the file lives
   uint64_t nbytes = 0;
 
+  // PRECOND: the readers checked that the product fits; a zero dimension makes it 0 whatever
+  // the others are (multiplying in order could overflow before reaching the zero).
   int64_t numel() const {
+    for (int64_t d : shape)
+      if (d == 0) return 0;
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
     return n;

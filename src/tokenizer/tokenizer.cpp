@@ -15,6 +15,7 @@
 #include "tokenizer/pretokenizer.h"
 #include "tokenizer/unicode.h"
 #include "util/check.h"
+#include "util/json.h"
 
 namespace hybridgen {
 
@@ -319,6 +320,10 @@ void BpeTokenizer::finish(const std::string& chat_template, const std::string& b
 
 struct JsonCtx {
   const std::string& path;
+  // Ids above this are refused. Vocabularies are dense (ids 0..n-1, a few gaps at most), so a
+  // file's ids stay below its token count plus some slack; a sparse id would make the per-id
+  // tables absurdly large (found by fuzz_tokenizer_json).
+  int64_t max_id = kMaxTokenId;
   [[noreturn]] void error(const std::string& field, const std::string& what) const {
     fail(path + ": " + field + ": " + what);
   }
@@ -340,8 +345,9 @@ struct JsonCtx {
     return v.get<std::string>();
   }
   int32_t get_id(const json& v, const std::string& field) const {
-    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > kMaxTokenId)
-      error(field, "expected a token id (an integer in [0, " + std::to_string(kMaxTokenId) + "])");
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > max_id)
+      error(field, "expected a token id (an integer in [0, " + std::to_string(max_id) +
+                       "]: the file's token count plus 1024)");
     return static_cast<int32_t>(v.get<int64_t>());
   }
 };
@@ -512,16 +518,18 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_json(const std::string& path,
   json j;
   {
     const std::string text = read_file(path, "tokenizer.json");
-    try {
-      j = json::parse(text);
-    } catch (const json::exception& e) {
-      fail(path + ": not valid JSON: " + e.what());
-    }
+    j = parse_json(text, path);
   }
-  const JsonCtx c{path};
+  JsonCtx c{path};
   if (!j.is_object()) c.error("(top level)", "expected a JSON object");
   const json& m = c.need(j, "model", "(top level)");
   if (!m.is_object()) c.error("model", "expected an object");
+  {
+    int64_t n_tokens = 1024;
+    if (m.contains("vocab")) n_tokens += static_cast<int64_t>(m["vocab"].size());
+    if (j.contains("added_tokens")) n_tokens += static_cast<int64_t>(j["added_tokens"].size());
+    c.max_id = std::min(kMaxTokenId, n_tokens);
+  }
   std::string type = "BPE";
   if (m.contains("type")) {
     if (!m["type"].is_string()) c.error("model.type", "expected a string");
@@ -638,11 +646,7 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_json(const std::string& path,
   if (!config_path.empty()) {
     json cfg;
     const std::string text = read_file(config_path, "tokenizer_config.json");
-    try {
-      cfg = json::parse(text);
-    } catch (const json::exception& e) {
-      fail(config_path + ": not valid JSON: " + e.what());
-    }
+    cfg = parse_json(text, config_path);
     const JsonCtx cc{config_path};
     if (!cfg.is_object()) cc.error("(top level)", "expected a JSON object");
     bos_null = cfg.contains("bos_token") && cfg["bos_token"].is_null();
@@ -699,7 +703,9 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_json(const std::string& path,
       t->eos_ = added_id(name);
     }
   }
-  if (bos_text.empty() && t->bos_ >= 0) bos_text = t->token_bytes(t->bos_);
+  // The chat template's bos_token is the config's bos_token only: without one, transformers
+  // renders no BOS text either (this line used to guess it from the vocabulary, before the
+  // added tokens had their bytes, and rendered "" anyway: fuzz_chat_template's cross-check).
   // add_bos_token in the config overrides the post-processor's BOS (as transformers' Llama
   // tokenizers rebuild their post-processor from it).
   if (have_add_bos) {

@@ -133,7 +133,13 @@ char32_t next_code_point(std::string_view s, size_t& i) {
     ++i;
     return b0;
   }
-  size_t n = b0 >= 0xF0 ? 4 : b0 >= 0xE0 ? 3 : 2;
+  // Text from users (chat messages) may be invalid UTF-8: an invalid or truncated sequence
+  // reads as U+FFFD and consumes one byte, never bytes past the end (found by fuzz_chat_template).
+  const size_t n = utf8_sequence(s, i, nullptr);
+  if (n == 0) {
+    ++i;
+    return 0xFFFD;
+  }
   char32_t cp = b0 & (0x7F >> n);
   for (size_t k = 1; k < n; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
   i += n;

@@ -10,7 +10,8 @@ namespace hybridgen::tok {
 // Appends `cp` (must be a Unicode scalar value) as UTF-8.
 void append_utf8(std::string& out, char32_t cp);
 
-// Decodes the code point starting at s[i] and advances i past it. PRECOND: s is valid UTF-8.
+// Decodes the code point starting at s[i] and advances i past it; an invalid or truncated
+// sequence reads as U+FFFD and advances by one byte.
 char32_t next_code_point(std::string_view s, size_t& i);
 
 bool is_valid_utf8(std::string_view s);
