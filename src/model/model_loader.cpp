@@ -4,6 +4,7 @@
 
 #include "model/dequant.h"
 #include "model/gguf.h"
+#include "model/gguf_vocab.h"
 #include "model/safetensors.h"
 #include "util/check.h"
 #include "util/log.h"
@@ -67,30 +68,6 @@ class GgufSource : public TensorSource {
  private:
   const GgufFile& g_;
 };
-
-GgufVocab gguf_vocab(const GgufFile& g) {
-  GgufVocab v;
-  v.model = g.get_string("tokenizer.ggml.model", "");
-  v.pre = g.get_string("tokenizer.ggml.pre", "default");
-  v.tokens = g.get_string_array("tokenizer.ggml.tokens");
-  if (g.get("tokenizer.ggml.token_type")) {
-    for (int64_t t : g.get_int_array("tokenizer.ggml.token_type"))
-      v.token_types.push_back(static_cast<int32_t>(t));
-  }
-  if (g.get("tokenizer.ggml.merges")) v.merges = g.get_string_array("tokenizer.ggml.merges");
-  auto id = [&](const char* key) {
-    return g.get(key) ? static_cast<int32_t>(g.get_uint(key)) : -1;
-  };
-  v.bos_id = id("tokenizer.ggml.bos_token_id");
-  v.eos_id = id("tokenizer.ggml.eos_token_id");
-  v.unk_id = id("tokenizer.ggml.unknown_token_id");
-  v.pad_id = id("tokenizer.ggml.padding_token_id");
-  // Without the key, llama.cpp adds BOS for Llama-3's tokenizer ("llama-bpe") and not for the
-  // other byte-level BPE vocabularies; do the same.
-  v.add_bos = g.get_bool("tokenizer.ggml.add_bos_token", v.pre == "llama-bpe" || v.pre == "llama3");
-  v.chat_template = g.get_string("tokenizer.chat_template", "");
-  return v;
-}
 
 }  // namespace
 
@@ -178,7 +155,7 @@ LoadedModel load_model(const std::string& path, bool use_random_weights, uint64_
   for (const TensorInfo& t : g->tensors()) all.push_back(&t);
   m.weights = load_weights(m.config, src, Naming::kGguf,
                            resolve_weight_type(m.config, choice, matrices_are_f32(all)));
-  GgufVocab vocab = gguf_vocab(*g);
+  GgufVocab vocab = read_gguf_vocab(*g);
   HG_CHECK(static_cast<int>(vocab.tokens.size()) <= m.config.vocab_size,
            path + ": tokenizer.ggml.tokens has " + std::to_string(vocab.tokens.size()) +
                " tokens but the embedding has only " + std::to_string(m.config.vocab_size) +

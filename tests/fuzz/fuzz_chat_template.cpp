@@ -27,7 +27,7 @@ namespace {
 using hybridgen::ChatMessage;
 using json = nlohmann::json;
 
-const char* const kAdded[] = {"<|begin_of_text|>", "<|end_of_text|>",   "<|im_start|>",
+const char* const kAdded[] = {"<|begin_of_text|>", "<|end_of_text|>",     "<|im_start|>",
                               "<|im_end|>",        "<|start_header_id|>", "<|end_header_id|>",
                               "<|eot_id|>",        "<tool_response>",     "</tool_response>"};
 
@@ -38,8 +38,13 @@ std::string tiny_tokenizer_json() {
   json added = json::array();
   int id = 256;
   for (const char* a : kAdded) {
-    added.push_back({{"id", id++}, {"content", a}, {"single_word", false}, {"lstrip", false},
-                     {"rstrip", false}, {"normalized", false}, {"special", true}});
+    added.push_back({{"id", id++},
+                     {"content", a},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", false},
+                     {"special", true}});
   }
   json j = {
       {"version", "1.0"},
@@ -121,10 +126,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   cfg_file.set(cfg.dump(-1, ' ', false, json::error_handler_t::replace));
   try {
     auto tok = hybridgen::Tokenizer::from_hf_files(tok_file.path(), cfg_file.path());
-    FUZZ_CHECK(tok->has_chat_template() ==
-                   (ct.family() != hybridgen::tok::ChatTemplate::Family::kNone) ||
-                   !hybridgen::tok::is_valid_utf8(tmpl),
-               "has_chat_template() disagrees with ChatTemplate::parse");
+    FUZZ_CHECK(
+        tok->has_chat_template() == (ct.family() != hybridgen::tok::ChatTemplate::Family::kNone) ||
+            !hybridgen::tok::is_valid_utf8(tmpl),
+        "has_chat_template() disagrees with ChatTemplate::parse");
     const std::string rendered = tok->apply_chat_template(msgs, gen_prompt);
     if (direct_ok && hybridgen::tok::is_valid_utf8(tmpl) &&
         tmpl.find("strftime_now") == std::string::npos) {

@@ -20,15 +20,14 @@
 
 // An invariant the library promises. Failing it aborts, which libFuzzer reports as a crash
 // and saves the input.
-#define FUZZ_CHECK(cond, ...)                                                    \
-  do {                                                                           \
-    if (!(cond)) {                                                               \
-      std::fprintf(stderr, "FUZZ_CHECK failed at %s:%d: %s\n", __FILE__, __LINE__, \
-                   #cond);                                                       \
-      std::fprintf(stderr, "  " __VA_ARGS__);                                    \
-      std::fprintf(stderr, "\n");                                                \
-      std::abort();                                                              \
-    }                                                                            \
+#define FUZZ_CHECK(cond, ...)                                                              \
+  do {                                                                                     \
+    if (!(cond)) {                                                                         \
+      std::fprintf(stderr, "FUZZ_CHECK failed at %s:%d: %s\n", __FILE__, __LINE__, #cond); \
+      std::fprintf(stderr, "  " __VA_ARGS__);                                              \
+      std::fprintf(stderr, "\n");                                                          \
+      std::abort();                                                                        \
+    }                                                                                      \
   } while (0)
 
 namespace fuzz {
@@ -95,8 +94,10 @@ inline bool json_deeper_than(const uint8_t* data, size_t size, int limit) {
   for (size_t i = 0; i < size; ++i) {
     const char c = static_cast<char>(data[i]);
     if (in_string) {
-      if (c == '\\') ++i;
-      else if (c == '"') in_string = false;
+      if (c == '\\')
+        ++i;
+      else if (c == '"')
+        in_string = false;
     } else if (c == '"') {
       in_string = true;
     } else if (c == '[' || c == '{') {

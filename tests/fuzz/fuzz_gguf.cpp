@@ -1,8 +1,8 @@
 // Fuzzes GgufFile::open and what the loader does next with a GGUF file: every typed getter on
-// every key, parse_gguf_config, the tokenizer built from tokenizer.ggml.* (as
-// model_loader.cpp's gguf_vocab does) with an encode/decode round and its chat template, and
-// the dequantization of every tensor from an exact-size heap copy (so a byte count shorter
-// than dtype x shape needs is an ASan report).
+// every key, parse_gguf_config, the tokenizer built from tokenizer.ggml.* (read_gguf_vocab, as
+// model_loader.cpp does) with an encode/decode round and its chat template, and the
+// dequantization of every tensor from an exact-size heap copy (so a byte count shorter than
+// dtype x shape needs is an ASan report).
 #include <algorithm>
 #include <set>
 #include <vector>
@@ -11,6 +11,7 @@
 #include "hybridgen/error.h"
 #include "model/dequant.h"
 #include "model/gguf.h"
+#include "model/gguf_vocab.h"
 #include "model/model_config.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer_checks.h"
@@ -18,29 +19,6 @@
 namespace {
 
 using namespace hybridgen;
-
-// model_loader.cpp's gguf_vocab (file-local there).
-GgufVocab gguf_vocab(const GgufFile& g) {
-  GgufVocab v;
-  v.model = g.get_string("tokenizer.ggml.model", "");
-  v.pre = g.get_string("tokenizer.ggml.pre", "default");
-  v.tokens = g.get_string_array("tokenizer.ggml.tokens");
-  if (g.get("tokenizer.ggml.token_type")) {
-    for (int64_t t : g.get_int_array("tokenizer.ggml.token_type"))
-      v.token_types.push_back(static_cast<int32_t>(t));
-  }
-  if (g.get("tokenizer.ggml.merges")) v.merges = g.get_string_array("tokenizer.ggml.merges");
-  auto id = [&](const char* key) {
-    return g.get(key) ? static_cast<int32_t>(g.get_uint(key)) : -1;
-  };
-  v.bos_id = id("tokenizer.ggml.bos_token_id");
-  v.eos_id = id("tokenizer.ggml.eos_token_id");
-  v.unk_id = id("tokenizer.ggml.unknown_token_id");
-  v.pad_id = id("tokenizer.ggml.padding_token_id");
-  v.add_bos = g.get_bool("tokenizer.ggml.add_bos_token", v.pre == "llama-bpe" || v.pre == "llama3");
-  v.chat_template = g.get_string("tokenizer.chat_template", "");
-  return v;
-}
 
 template <typename F>
 void maybe(F&& f) {
@@ -60,7 +38,8 @@ void check_tensors(const GgufFile& g, size_t file_size) {
     FUZZ_CHECK(g.find(t.name) == &t, "find('%s') misses the tensor", t.name.c_str());
     FUZZ_CHECK(t.shape.size() <= 4, "tensor '%s' has %zu dims", t.name.c_str(), t.shape.size());
     uint64_t numel = 1;
-    for (int64_t d : t.shape) FUZZ_CHECK(d >= 0, "tensor '%s' has a negative dimension", t.name.c_str());
+    for (int64_t d : t.shape)
+      FUZZ_CHECK(d >= 0, "tensor '%s' has a negative dimension", t.name.c_str());
     // As GgufFile::open checks it: in GGUF's ne[] order (innermost first), so that a zero
     // dimension ends the product.
     for (size_t j = t.shape.size(); j-- > 0;) {
@@ -76,8 +55,7 @@ void check_tensors(const GgufFile& g, size_t file_size) {
     FUZZ_CHECK(numel % bs == 0, "tensor '%s': %llu elements, block size %llu", t.name.c_str(),
                (unsigned long long)numel, (unsigned long long)bs);
     FUZZ_CHECK(numel / bs * bb == t.nbytes, "tensor '%s': nbytes %llu, dtype x shape needs %llu",
-               t.name.c_str(), (unsigned long long)t.nbytes,
-               (unsigned long long)(numel / bs * bb));
+               t.name.c_str(), (unsigned long long)t.nbytes, (unsigned long long)(numel / bs * bb));
     FUZZ_CHECK(t.nbytes <= file_size, "tensor '%s' is larger than the file", t.name.c_str());
     if (t.nbytes > 0) by_addr.push_back(&t);
   }
@@ -130,7 +108,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     (void)c.n_params();
   });
   maybe([&] {
-    const GgufVocab v = gguf_vocab(*g);
+    const GgufVocab v = read_gguf_vocab(*g);
     auto tok = Tokenizer::from_gguf_vocab(v);
     fuzz::exercise_tokenizer(*tok);
   });

@@ -18,10 +18,16 @@ using namespace hybridgen;
 
 uint64_t plain_size(DType t) {
   switch (t) {
-    case DType::kF32: case DType::kI32: return 4;
-    case DType::kF16: case DType::kBF16: return 2;
-    case DType::kI64: return 8;
-    default: return 0;  // safetensors has no block-quantized types
+    case DType::kF32:
+    case DType::kI32:
+      return 4;
+    case DType::kF16:
+    case DType::kBF16:
+      return 2;
+    case DType::kI64:
+      return 8;
+    default:
+      return 0;  // safetensors has no block-quantized types
   }
 }
 
@@ -60,8 +66,8 @@ void check(const SafetensorsFile& f, const uint8_t* in, size_t size) {
   }
   // Sorted by offset, contiguous from 0: the first tensor starts the data section.
   if (!f.tensors().empty()) data_start = f.tensors().front().data;
-  FUZZ_CHECK(total == data_size, "tensors cover %llu of %llu data bytes",
-             (unsigned long long)total, (unsigned long long)data_size);
+  FUZZ_CHECK(total == data_size, "tensors cover %llu of %llu data bytes", (unsigned long long)total,
+             (unsigned long long)data_size);
   uint64_t pos = 0;
   for (const TensorInfo& t : f.tensors()) {
     FUZZ_CHECK(t.data == data_start + pos, "tensor '%s' is not where the previous one ends",

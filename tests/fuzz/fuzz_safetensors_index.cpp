@@ -91,8 +91,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                  name.c_str());
       const std::string file = m->file_of(name);
       FUZZ_CHECK(!file.empty() && fs::path(file).parent_path() == dir,
-                 "file_of('%s') = '%s' is outside the model directory", name.c_str(),
-                 file.c_str());
+                 "file_of('%s') = '%s' is outside the model directory", name.c_str(), file.c_str());
     }
     FUZZ_CHECK(m->find("no such tensor") == nullptr, "find() invents a tensor");
   } catch (const hybridgen::Error&) {

@@ -4,7 +4,8 @@
 // parse_special, bit 5 skip_special); the rest is the text.
 // Checks: ids in range; StreamDecoder == decode(); and for the byte-level tokenizers without
 // lossy steps and with all 256 byte tokens (Llama-3, Qwen2), decode(encode(text)) == text
-// with invalid UTF-8 replaced (and NFC for Qwen2), with add_special and parse_special off. The text's bytes are also decoded as raw ids.
+// with invalid UTF-8 replaced (and NFC for Qwen2), with add_special and parse_special off. The
+// text's bytes are also decoded as raw ids.
 #include <cstring>
 #include <memory>
 #include <string>

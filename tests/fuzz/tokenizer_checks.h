@@ -48,8 +48,9 @@ inline void exercise_tokenizer(const hybridgen::Tokenizer& tok) {
       check_stream_decode(tok, ids);
     }
   }
-  const int32_t probe[] = {-1, 0, 1, tok.bos_id(), tok.eos_id(), tok.vocab_size() - 1,
-                           tok.vocab_size(), INT32_MAX, INT32_MIN};
+  const int32_t probe[] = {
+      -1,        0,        1, tok.bos_id(), tok.eos_id(), tok.vocab_size() - 1, tok.vocab_size(),
+      INT32_MAX, INT32_MIN};
   (void)tok.decode(std::span<const int32_t>(probe), false);
   for (int32_t id : probe) (void)tok.token_bytes(id), (void)tok.is_end_of_generation(id);
   if (tok.has_chat_template()) {
