@@ -47,11 +47,15 @@
 
 #include "hybridgen/engine.h"
 #include "runtime/backend.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
+
+using hybridgen::test::read_f32;
+using hybridgen::test::read_json;
 
 constexpr double kCpuTol = 2.5e-2;   // CUDA vs CPU backend, both bf16: max normalized error
 constexpr double kCpuNmse = 1e-4;    //   and NMSE
@@ -61,21 +65,6 @@ constexpr double kDeepTol = 5e-2;  // CUDA vs CPU for the 30-layer default model
                                    // the noise floor grows with depth, see above)
 
 std::string data_dir() { return std::string(HYBRIDGEN_TEST_DATA_DIR) + "/models"; }
-
-json read_json(const std::string& path) {
-  std::ifstream in(path);
-  EXPECT_TRUE(in) << path;
-  return json::parse(in);
-}
-
-std::vector<float> read_f32(const std::string& path) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  EXPECT_TRUE(in) << path;
-  std::vector<float> v(in.tellg() / sizeof(float));
-  in.seekg(0);
-  in.read(reinterpret_cast<char*>(v.data()), v.size() * sizeof(float));
-  return v;
-}
 
 struct LoadSpec {
   std::string path;

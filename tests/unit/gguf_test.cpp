@@ -18,26 +18,16 @@
 
 #include "hybridgen/error.h"
 #include "model/dequant.h"
+#include "test_support.h"
 
 namespace hybridgen {
 namespace {
 
+using test::Contains;
+using test::error_of;
+
 namespace fs = std::filesystem;
 const std::string kQuantDir = std::string(HYBRIDGEN_TEST_DATA_DIR) + "/quant";
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error thrown>";
-}
-
-::testing::AssertionResult Contains(const std::string& s, const std::string& sub) {
-  if (s.find(sub) != std::string::npos) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "'" << s << "' does not contain '" << sub << "'";
-}
 
 // ---------------------------------------------------------------------------------------------
 // The golden file written by gguf-py.

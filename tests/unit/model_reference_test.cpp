@@ -8,28 +8,17 @@
 #include <nlohmann/json.hpp>
 
 #include "hybridgen/engine.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
 
+using hybridgen::test::read_f32;
+using hybridgen::test::read_json;
+
 std::string data_dir() { return std::string(HYBRIDGEN_TEST_DATA_DIR) + "/models"; }
-
-json read_json(const std::string& path) {
-  std::ifstream in(path);
-  EXPECT_TRUE(in) << path;
-  return json::parse(in);
-}
-
-std::vector<float> read_f32(const std::string& path) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  EXPECT_TRUE(in) << path;
-  std::vector<float> v(in.tellg() / sizeof(float));
-  in.seekg(0);
-  in.read(reinterpret_cast<char*>(v.data()), v.size() * sizeof(float));
-  return v;
-}
 
 class TinyModel : public ::testing::TestWithParam<std::string> {};
 
