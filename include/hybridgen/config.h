@@ -27,6 +27,42 @@ enum class WeightFormat {
   kBF16,
 };
 
+// How attention splits the KV cache between the device and the host (the hybrid runtime,
+// paper §4). Every policy but `full` keeps a device-resident window of recent tokens per
+// sequence and layer and offloads older tokens to host stores (keys and values apart).
+struct AttentionOptions {
+  // full:         one tier, attention over every token on the device (the oracle).
+  // hybrid:       HybridGen: CPU logits over offloaded keys (pipelined, speculative query),
+  //               token selection, feedback scheduler (K and Post/Pre-QKT adapted at run time).
+  // aog:          all KV offloaded and streamed to the device each layer (FlexGen-like).
+  // aoc:          all KV offloaded, attention on the CPU (MoE-Lightning-like).
+  // h2o:          heavy hitters (accumulated attention) + recent, fixed K (Pre-QKT).
+  // streamingllm: 4 attention sinks + the device window.
+  // keyformer:    Post-QKT score-based top-K, fixed K.
+  // infinigen:    Pre-QKT partial-dimension speculation, fixed K.
+  std::string policy = "full";
+  // Device window per sequence and layer, in tokens. -1: 10% of the context. Ignored by
+  // `full`; aog and aoc use 0 (everything offloaded).
+  int window = -1;
+  // K_min: the scheduler never uses fewer offloaded tokens per KV head (paper §4.3.1).
+  int k_min = 128;
+  // Fixed K for the selective baselines (h2o, keyformer, infinigen) and for `hybrid` with a
+  // fixed selection; 0: K_min.
+  int k = 0;
+  // hybrid only: "adaptive" (Algorithm 1 picks K and switches Post -> Pre-QKT), "post" or
+  // "pre" (fixed mode, K adapted unless k > 0), "off" (every offloaded token: exact).
+  std::string selection = "adaptive";
+  // Pre-QKT predictor of hybrid: "heavy" (accumulated attention, H2O-style), "sinks-recent"
+  // (position-based) or "partial" (InfiniGen-style partial query dimensions).
+  std::string predictor = "heavy";
+  // Speculative query (the paper: layer i's input with layer i+1's norm and W_q) computed by
+  // the CPU stage one layer ahead, overlapped with the device stage. false: the CPU stage waits
+  // for the true query (synchronous; exact).
+  bool speculative = true;
+  // Threads of the CPU stage's worker pool; 0: half of the threads (at least 1).
+  int cpu_threads = 0;
+};
+
 struct LoadOptions {
   // An HF model directory (config.json + *.safetensors + tokenizer.json) or a .gguf file.
   std::string model_path;
@@ -40,6 +76,7 @@ struct LoadOptions {
   WeightFormat weight_format = WeightFormat::kAuto;
   // Where the model runs: "cpu" (the reference backend) or "cuda" (all layers on the GPU).
   std::string device = "cpu";
+  AttentionOptions attention;
 };
 
 struct GenerateOptions {

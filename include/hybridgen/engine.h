@@ -40,6 +40,38 @@ struct GenerationStats {
   }
 };
 
+// What the hybrid runtime did since load (or the last reset_attention_stats). All zero for
+// policy `full`. Times are sums over decode steps, in seconds.
+struct AttentionStats {
+  std::string policy;             // as given to load
+  int window = 0;                 // effective device window per sequence and layer (tokens)
+  int64_t decode_steps = 0;       // forward steps that took the split (selective) path
+  int64_t layer_passes = 0;       // (step, layer, sequence) attention passes on that path
+  int64_t passes_all = 0;         // of those: every offloaded token used (none or <= K)
+  int64_t passes_post_qkt = 0;    // Post-QKT: logits of all offloaded keys, then top-K
+  int64_t passes_pre_qkt = 0;     // Pre-QKT: K predicted first, logits of those only
+  double mean_k = 0;              // mean offloaded tokens used per KV head and pass
+  int k_now = 0;                  // the scheduler's current K (hybrid) or the fixed K
+  std::string mode_now;           // the scheduler's current mode ("post-qkt" / "pre-qkt")
+  double t_device = 0;            // device stage (everything but the CPU stage and its waits)
+  double t_cpu = 0;               // CPU stage: query, logits and selection
+  double t_tx = 0;                // V gather into staging (+ host-to-device copy on a GPU)
+  double t_wait = 0;              // device stage blocked waiting for the CPU stage
+  uint64_t key_bytes_read = 0;    // offloaded key bytes the CPU stage read
+  uint64_t value_bytes_moved = 0; // offloaded V bytes gathered for the device
+  // Memory, bytes (used = tokens held; reserved = allocated). K and V apart.
+  uint64_t window_used = 0, window_reserved = 0;
+  uint64_t key_store_used = 0, key_store_reserved = 0;
+  uint64_t value_store_used = 0, value_store_reserved = 0;
+  uint64_t staging_bytes = 0;     // V staging + CPU-logits buffers, all pipeline slots
+  std::string allocator;          // host allocator of the stores
+  std::vector<std::string> scheduler_trace;  // the last decisions of Algorithm 1
+};
+
+// Human-readable summary: the split, times, bytes and the memory per tier; verbose adds the
+// scheduler's last decisions.
+std::string format_attention_stats(const AttentionStats& s, bool verbose);
+
 struct GenerationResult {
   std::vector<int32_t> tokens;  // generated ids (prompt excluded)
   std::string text;             // their exact bytes
@@ -78,8 +110,14 @@ class Engine {
                                                const BatchStreamCallback& on_text = {});
 
   // Teacher-forced evaluation: next-token logits after each prefix of `tokens`,
-  // [tokens.size(), vocab] row-major. Starts from an empty context.
-  std::vector<float> evaluate(std::span<const int32_t> tokens);
+  // [tokens.size(), vocab] row-major. Starts from an empty context. The first prefill_tokens
+  // (-1: all) go through in prefill chunks; the rest one token per forward step, as decode
+  // steps (the hybrid runtime's split path, where selection and speculation apply).
+  std::vector<float> evaluate(std::span<const int32_t> tokens, int prefill_tokens = -1);
+
+  // The hybrid runtime's counters, memory and scheduler trace (policy != full).
+  AttentionStats attention_stats() const;
+  void reset_attention_stats();
 
  private:
   Engine();

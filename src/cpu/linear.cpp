@@ -114,6 +114,27 @@ void Linear::forward(const float* x, float* y, int m) const {
   stream.wait();
 }
 
+void Linear::forward_rows(const float* x, float* y, int m, int n_rows) const {
+  HG_CHECK(n_rows > 0 && n_rows <= out_, "Linear::forward_rows: " + std::to_string(n_rows) +
+                                             " rows of " + std::to_string(out_));
+  if (n_rows == out_) return forward(x, y, m);
+  const float* bias = has_bias() ? bias_.data() : nullptr;
+  if (m <= kGemvMaxRows) {  // weights are [out, in] row-major: the first rows are contiguous
+    if (type_ == WeightType::kF32) {
+      gemv_f32(weight_f32_.data(), x, bias, y, m, n_rows, in_);
+    } else {
+      std::vector<uint16_t> x_bf16(static_cast<size_t>(m) * in_);
+      for (size_t i = 0; i < x_bf16.size(); ++i) x_bf16[i] = f32_to_bf16(x[i]);
+      gemv_bf16(weight_bf16_.data(), x_bf16.data(), bias, y, m, n_rows, in_);
+    }
+    return;
+  }
+  std::vector<float> full(static_cast<size_t>(m) * out_);  // [m, out]
+  forward(x, full.data(), m);
+  for (int r = 0; r < m; ++r)
+    std::copy_n(&full[size_t(r) * out_], n_rows, y + size_t(r) * n_rows);
+}
+
 Linear concat_rows(int in_features, std::vector<std::vector<float>> weights,
                    std::vector<std::vector<float>> biases, std::vector<int> outs, WeightType type) {
   HG_CHECK(weights.size() == outs.size() && biases.size() == outs.size(),

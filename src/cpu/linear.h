@@ -21,6 +21,9 @@ class Linear {
 
   // x: [m, in_features] float32 -> y: [m, out_features] float32 (overwritten).
   void forward(const float* x, float* y, int m) const;
+  // Only the first n_rows outputs (e.g. the Q part of a fused Q|K|V projection):
+  // x: [m, in_features] -> y: [m, n_rows]. Streams only those weight rows for decode-sized m.
+  void forward_rows(const float* x, float* y, int m, int n_rows) const;
 
   int out_features() const { return out_; }
   int in_features() const { return in_; }

@@ -80,6 +80,16 @@ class HeavyHitterAccumulator {
   // current offloaded count (tokens never accumulated score 0).
   TokenSelection select(int n_tokens, int k, int n_recent = 0) const;
 
+  // Direct accumulation by the attention code: KV head h's scores, grown to at least n_tokens
+  // entries (never shrunk). The caller adds probabilities at token indices < n_tokens.
+  float* scores_for_update(int h, int n_tokens) {
+    if (n_tokens > static_cast<int>(score_[0].size())) grow(n_tokens);
+    return score_[h].data();
+  }
+  void clear() {
+    for (auto& s : score_) s.clear();
+  }
+
   int n_kv_heads() const { return n_kv_heads_; }
   // score(h): [n_tokens seen so far] accumulated probability mass.
   const std::vector<float>& score(int h) const { return score_[h]; }

@@ -7,7 +7,9 @@
 #include <algorithm>
 #include <chrono>
 
+#include "memory/allocator.h"
 #include "model/model_loader.h"
+#include "runtime/hybrid_attention.h"
 #include "runtime/sampler.h"
 #include "runtime/transformer.h"
 #include "util/check.h"
@@ -30,6 +32,9 @@ struct Engine::Impl {
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<Backend> model;
   std::unique_ptr<kv::KvCacheManager> cache;
+  // The hybrid runtime (policy != full): destroyed before the model it reads weights from.
+  std::unique_ptr<memory::HostAllocator> host_alloc;
+  std::unique_ptr<runtime::HybridAttention> hybrid;
   int max_sequences = 1;
 
   const Tokenizer& tok() const {
@@ -115,9 +120,28 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& o) {
   im.cache = std::make_unique<kv::KvCacheManager>(kv::KvShape{c.n_layers, c.n_kv_heads, c.head_dim},
                                                   n_ctx, o.max_sequences);
   info.kv_bytes_per_token = im.cache->bytes_per_token();
+  const runtime::Policy policy = runtime::parse_policy(o.attention.policy);
   if (o.device == "cpu") {
-    im.model = std::make_unique<Transformer>(std::move(m.config), std::move(m.weights));
+    auto tf = std::make_unique<Transformer>(std::move(m.config), std::move(m.weights));
+    if (policy != runtime::Policy::kFull) {
+      const int threads = o.n_threads > 0 ? o.n_threads : omp_get_max_threads();
+      const runtime::HybridConfig hc =
+          runtime::resolve_attention_options(o.attention, n_ctx, tf->config().head_dim, threads);
+      im.host_alloc = memory::make_plain_allocator();
+      im.hybrid = std::make_unique<runtime::HybridAttention>(hc, *tf, n_ctx, o.max_sequences,
+                                                             *im.host_alloc);
+      tf->set_attention_runner(im.hybrid.get());
+      log().info("attention policy {}: GPU window {} tokens, K_min {}, {} query, {} CPU-stage "
+                 "threads",
+                 runtime::policy_name(hc.policy), hc.window, hc.k_min,
+                 hc.speculative ? "speculative" : "exact", hc.cpu_threads);
+    }
+    im.model = std::move(tf);
   } else if (o.device == "cuda") {
+    HG_CHECK(policy == runtime::Policy::kFull,
+             "attention policy '" + o.attention.policy +
+                 "' runs on --device cpu in this build; the CUDA backend runs policy full only "
+                 "(its hybrid device stage is not implemented yet)");
     im.model = make_cuda_backend(m.config, m.weights, n_ctx, o.max_sequences);
   } else {
     fail("unknown device '" + o.device + "' (the --device flag: cpu or cuda)");
@@ -277,8 +301,23 @@ std::vector<GenerationResult> Engine::generate_batch(
   return results;
 }
 
-std::vector<float> Engine::evaluate(std::span<const int32_t> tokens) {
+AttentionStats Engine::attention_stats() const {
+  if (impl_->hybrid) return impl_->hybrid->stats();
+  AttentionStats s;
+  s.policy = "full";
+  s.window = impl_->info.n_ctx;
+  return s;
+}
+
+void Engine::reset_attention_stats() {
+  if (impl_->hybrid) impl_->hybrid->reset_stats();
+}
+
+std::vector<float> Engine::evaluate(std::span<const int32_t> tokens, int prefill_tokens) {
   Impl& im = *impl_;
+  const int n_chunked =
+      prefill_tokens < 0 ? static_cast<int>(tokens.size())
+                         : std::min(prefill_tokens, static_cast<int>(tokens.size()));
   HG_CHECK(!tokens.empty(), "evaluate: no tokens");
   HG_CHECK(static_cast<int>(tokens.size()) <= im.info.n_ctx,
            "evaluate: " + std::to_string(tokens.size()) + " tokens exceed the context size " +
@@ -288,12 +327,16 @@ std::vector<float> Engine::evaluate(std::span<const int32_t> tokens) {
   const int seq = im.cache->open_sequence();
   try {
     std::vector<float> logits;
-    for (size_t begin = 0; begin < tokens.size(); begin += kPrefillChunk) {
-      const size_t end = std::min(tokens.size(), begin + kPrefillChunk);
+    for (size_t begin = 0; begin < tokens.size();) {
+      // Chunks up to n_chunked, then one token per step (decode steps).
+      const size_t end = begin < size_t(n_chunked)
+                             ? std::min(size_t(n_chunked), begin + kPrefillChunk)
+                             : begin + 1;
       Batch batch;
       for (size_t t = begin; t < end; ++t) batch.add(tokens[t], seq, true);
       im.model->forward(batch, *im.cache, logits);
       std::copy(logits.begin(), logits.end(), all.begin() + begin * vocab);
+      begin = end;
     }
   } catch (...) {
     im.cache->close_sequence(seq);

@@ -21,6 +21,25 @@ void Transformer::norm(const float* x, const std::vector<float>& w, const std::v
     cpu::rms_norm(x, w.data(), n, config_.d_model, config_.norm_eps, out);
 }
 
+FullAttention::FullAttention(kv::KvCacheManager& cache, int n_heads, int head_dim,
+                             int sliding_window)
+    : cache_(cache), n_heads_(n_heads), head_dim_(head_dim), sliding_window_(sliding_window) {}
+
+void FullAttention::begin_step(const Batch& batch, const int32_t* pos) {
+  batch_ = &batch;
+  pos_ = pos;
+}
+
+void FullAttention::attend(int il, const float* q, const float* k, const float* v, float* out) {
+  const int n = batch_->size();
+  const int64_t kv_w = int64_t(cache_.shape().n_kv_heads) * head_dim_;
+  for (int t = 0; t < n; ++t)
+    cache_.write(batch_->seq[t], il, pos_[t], k + t * kv_w, v + t * kv_w);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim_));
+  cpu::attention(q, n, n_heads_, head_dim_, batch_->seq.data(), pos_, cache_, il, scale,
+                 sliding_window_, out);
+}
+
 void Transformer::forward(const Batch& batch, kv::KvCacheManager& cache,
                           std::vector<float>& logits) {
   const ModelConfig& c = config_;
@@ -64,9 +83,12 @@ void Transformer::forward(const Batch& batch, kv::KvCacheManager& cache,
   }
   dump("inp_embd", -1, x.data(), n, d);
 
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  FullAttention full(cache, c.n_heads, hd, c.sliding_window);
+  AttentionRunner& attn = runner_ ? *runner_ : static_cast<AttentionRunner&>(full);
+  attn.begin_step(batch, pos.data());
   for (int il = 0; il < c.n_layers; ++il) {
     const LayerWeights& L = weights_.layers[il];
+    attn.layer_input(il, x.data());
     // --- attention block ---
     norm(x.data(), L.attn_norm, L.attn_norm_b, n, h.data());
     dump("attn_norm", il, h.data(), n, d);
@@ -85,10 +107,7 @@ void Transformer::forward(const Batch& batch, kv::KvCacheManager& cache,
     dump("q", il, q.data(), n, q_w);
     dump("k", il, k.data(), n, kv_w);
     dump("v", il, v.data(), n, kv_w);
-    for (int t = 0; t < n; ++t)
-      cache.write(batch.seq[t], il, pos[t], &k[size_t(t) * kv_w], &v[size_t(t) * kv_w]);
-    cpu::attention(q.data(), n, c.n_heads, hd, batch.seq.data(), pos.data(), cache, il, scale,
-                   c.sliding_window, att.data());
+    attn.attend(il, q.data(), k.data(), v.data(), att.data());
     dump("attn_out", il, att.data(), n, q_w);
     L.out.forward(att.data(), h.data(), n);
     cpu::add(x.data(), h.data(), int64_t(n) * d);
@@ -107,6 +126,7 @@ void Transformer::forward(const Batch& batch, kv::KvCacheManager& cache,
     cpu::add(x.data(), h.data(), int64_t(n) * d);
     dump("l_out", il, x.data(), n, d);
   }
+  attn.end_step();
 
   // --- head: only the rows that want logits ---
   std::vector<int> rows;

@@ -9,6 +9,7 @@
 #include "kv/kv_cache.h"
 #include "model/model_config.h"
 #include "model/model_weights.h"
+#include "runtime/attention_runner.h"
 #include "runtime/backend.h"
 
 namespace hybridgen {
@@ -47,6 +48,11 @@ class Transformer : public Backend {
   std::string name() const override { return "cpu"; }
   const ModelWeights& weights() const { return weights_; }
   void set_tensor_callback(TensorCallback cb) { callback_ = std::move(cb); }
+  // Attention through `runner` (not owned; the hybrid runtime) instead of the one-tier
+  // FullAttention over the KV-cache manager. nullptr restores the default.
+  void set_attention_runner(AttentionRunner* runner) { runner_ = runner; }
+  // Layer il's speculative-query inputs for the hybrid runtime's CPU stage.
+  const std::vector<float>& inv_freq() const { return inv_freq_; }
 
  private:
   void norm(const float* x, const std::vector<float>& w, const std::vector<float>& b, int n,
@@ -56,6 +62,7 @@ class Transformer : public Backend {
   ModelWeights weights_;
   std::vector<float> inv_freq_;  // [rope_dim / 2]
   TensorCallback callback_;
+  AttentionRunner* runner_ = nullptr;
 };
 
 }  // namespace hybridgen

@@ -79,6 +79,28 @@ int main(int argc, char** argv) {
   app.add_option("--device", load.device, "where the model runs: cpu or cuda")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
+  // Hybrid attention (paper §4): how the KV cache splits between the device and the host.
+  auto& a = load.attention;
+  app.add_option("--policy", a.policy,
+                 "attention policy: full, hybrid, aog, aoc, h2o, streamingllm, keyformer, "
+                 "infinigen")
+      ->capture_default_str();
+  app.add_option("--window", a.window,
+                 "device (GPU) window per sequence and layer, tokens (-1: 10% of the context)")
+      ->capture_default_str();
+  app.add_option("--k-min", a.k_min, "K_min: fewest offloaded tokens per KV head the scheduler uses")
+      ->capture_default_str();
+  app.add_option("--k", a.k, "fixed K (h2o, keyformer, infinigen, hybrid); 0: K_min / adaptive")
+      ->capture_default_str();
+  app.add_option("--selection", a.selection, "hybrid: adaptive, post, pre, off")
+      ->capture_default_str();
+  app.add_option("--predictor", a.predictor, "hybrid's Pre-QKT predictor: heavy, sinks-recent, partial")
+      ->capture_default_str();
+  app.add_flag(
+      "--exact-query", [&](int64_t) { a.speculative = false; },
+      "the CPU stage waits for the true query (no speculation, no pipelining)");
+  app.add_option("--cpu-threads", a.cpu_threads, "threads of the CPU stage (0: half of -t)")
+      ->capture_default_str();
   app.add_flag(
       "--ignore-eos", [&](int64_t) { gen.stop_at_eog = false; },
       "keep generating past end-of-generation tokens");
@@ -175,6 +197,9 @@ int main(int argc, char** argv) {
         s.decode_seconds > 0 ? (generated - batch) / s.decode_seconds : 0.0,
         generated > batch ? 1000.0 * s.decode_seconds / ((generated - batch) / batch) : 0.0, batch,
         results[0].stop_reason.c_str());
+    if (verbose || load.attention.policy != "full")
+      std::fputs(hybridgen::format_attention_stats(engine->attention_stats(), verbose).c_str(),
+                 stderr);
   } catch (const hybridgen::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
