@@ -172,6 +172,10 @@ HybridAttention::HybridAttention(const HybridConfig& config, const Transformer& 
   group_ = c.n_heads / c.n_kv_heads;
   sliding_window_ = c.sliding_window;
   scale_ = 1.0f / std::sqrt(static_cast<float>(head_dim_));
+  if (cfg_.partial_dims <= 0) cfg_.partial_dims = std::max(1, head_dim_ / 4);
+  cfg_.partial_dims = std::min(cfg_.partial_dims, head_dim_);
+  HG_CHECK(cfg_.k_min >= 1 && cfg_.k_fixed >= 0 && cfg_.window >= 0 && cfg_.cpu_threads >= 1,
+           "hybrid attention: K_min, K, window or CPU threads out of range");
 
   kv::TieredConfig tc;
   tc.n_kv_heads = n_kv_heads_;
