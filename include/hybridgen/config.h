@@ -61,6 +61,11 @@ struct AttentionOptions {
   bool speculative = true;
   // Threads of the CPU stage's worker pool; 0: half of the threads (at least 1).
   int cpu_threads = 0;
+  // A model profile written by hybridgen-eval --profile-out (JSON with "k_min"): its K_min
+  // replaces k_min above. Empty: none.
+  std::string profile;
+  // Record per-layer stage intervals (Engine::attention_trace) for Chrome/Perfetto traces.
+  bool trace = false;
 };
 
 struct LoadOptions {

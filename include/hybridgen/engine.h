@@ -68,6 +68,15 @@ struct AttentionStats {
   std::vector<std::string> scheduler_trace;  // the last decisions of Algorithm 1
 };
 
+// One interval of a pipeline stage, for traces. Times in seconds since the engine was loaded.
+struct StageEvent {
+  std::string stage;  // "cpu" (query+logits+selection), "tx" (V gather), "device" (the layer on
+                      // the device backend), "wait" (device stage blocked on the CPU stage)
+  int64_t step = 0;   // decode step
+  int layer = 0;
+  double begin = 0, end = 0;
+};
+
 // Human-readable summary: the split, times, bytes and the memory per tier; verbose adds the
 // scheduler's last decisions.
 std::string format_attention_stats(const AttentionStats& s, bool verbose);
@@ -117,7 +126,10 @@ class Engine {
 
   // The hybrid runtime's counters, memory and scheduler trace (policy != full).
   AttentionStats attention_stats() const;
-  void reset_attention_stats();
+  // Stage intervals recorded since load or the last reset (LoadOptions.attention.trace), sorted
+  // by begin time. Call between generate calls, not during one.
+  std::vector<StageEvent> attention_trace() const;
+  void reset_attention_stats();  // also clears the trace
 
  private:
   Engine();

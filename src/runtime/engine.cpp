@@ -309,6 +309,11 @@ AttentionStats Engine::attention_stats() const {
   return s;
 }
 
+std::vector<StageEvent> Engine::attention_trace() const {
+  if (impl_->hybrid) return impl_->hybrid->trace();
+  return {};
+}
+
 void Engine::reset_attention_stats() {
   if (impl_->hybrid) impl_->hybrid->reset_stats();
 }

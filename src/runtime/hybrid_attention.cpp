@@ -6,12 +6,15 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <limits>
+#include <sstream>
 
 #include "cpu/ops.h"
 #include "model/dequant.h"
 #include "runtime/transformer.h"
 #include "util/check.h"
+#include "util/json.h"
 #include "util/log.h"
 
 namespace hybridgen::runtime {
@@ -96,6 +99,20 @@ HybridConfig resolve_attention_options(const AttentionOptions& o, int n_ctx, int
   HG_CHECK(o.k >= 0, "K (--k) must be >= 0 (0: K_min), got " + std::to_string(o.k));
   HG_CHECK(o.cpu_threads >= 0,
            "CPU-stage threads (--cpu-threads) must be >= 0, got " + std::to_string(o.cpu_threads));
+  c.k_min = o.k_min;
+  if (!o.profile.empty()) {  // hybridgen-eval --profile-out: {"k_min": N, ...}
+    std::ifstream in(o.profile, std::ios::binary);
+    HG_CHECK(in, o.profile + ": cannot open the model profile (--profile)");
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    const nlohmann::json j = parse_json(ss.str(), o.profile);
+    HG_CHECK(j.is_object() && j.contains("k_min") && j["k_min"].is_number_integer(),
+             o.profile + ": the model profile needs an integer field \"k_min\"");
+    const int64_t k = j["k_min"].get<int64_t>();
+    HG_CHECK(k >= 1 && k <= (int64_t{1} << 30),
+             o.profile + ": field \"k_min\" must be >= 1, got " + std::to_string(k));
+    c.k_min = static_cast<int>(k);
+  }
   int window = o.window < 0 ? n_ctx / 10 : o.window;
   if (window > n_ctx) {
     log().warn("the GPU window ({} tokens, --window) is larger than the context ({}): clamped "
@@ -105,8 +122,8 @@ HybridConfig resolve_attention_options(const AttentionOptions& o, int n_ctx, int
   }
   if (c.policy == Policy::kAog || c.policy == Policy::kAoc) window = 0;
   c.window = window;
-  c.k_min = o.k_min;
   c.k_fixed = o.k;
+  c.trace = o.trace;
   if (o.selection == "adaptive")
     c.selection = SelectionControl::kAdaptive;
   else if (o.selection == "post")
@@ -129,7 +146,7 @@ HybridConfig resolve_attention_options(const AttentionOptions& o, int n_ctx, int
   // Fixed-K baselines use K (or K_min).
   if (c.policy == Policy::kH2o || c.policy == Policy::kKeyformer ||
       c.policy == Policy::kInfinigen)
-    c.k_fixed = o.k > 0 ? o.k : o.k_min;
+    c.k_fixed = o.k > 0 ? o.k : c.k_min;
   c.speculative = o.speculative;
   c.cpu_threads = o.cpu_threads > 0 ? o.cpu_threads : std::max(1, n_threads / 2);
   c.partial_dims = std::max(1, head_dim / 4);
@@ -207,6 +224,7 @@ HybridAttention::HybridAttention(const HybridConfig& config, const Transformer& 
     s->rows.resize(max_sequences);
     slots_.push_back(std::move(s));
   }
+  epoch_ = now_seconds();
   stats_.policy = policy_name(cfg_.policy);
   stats_.window = cfg_.window;
   stats_.allocator = alloc_.name();
@@ -274,18 +292,29 @@ SchedulerPlan HybridAttention::current_plan() const {
 }
 
 void HybridAttention::layer_input(int il, const float* x) {
+  if (decode_step_ && cfg_.trace) {  // the device stage's layer boundaries
+    const double t = now_seconds();
+    if (il > 0) record(main_events_, "device", step_, il - 1, layer_t0_, t);
+    layer_t0_ = t;
+  }
   if (!split_path_ || !worker_.joinable()) return;
   auto push = [&](int layer) {
     Slot& s = *slots_[layer % 2];
     s.x.assign(x, x + size_t(n_rows_) * d_model_);
     s.q.resize(size_t(n_rows_) * n_heads_ * head_dim_);
-    HG_CHECK(jobs_->push(Job{layer, layer % 2, plan_}), "hybrid attention: CPU stage stopped");
+    HG_CHECK(jobs_->push(Job{layer, layer % 2, plan_, step_}), "hybrid attention: CPU stage stopped");
     ++outstanding_;
   };
   // Layer 0's query comes from its own input (the embedding): exact. Layer il+1's is
   // speculated from layer il's input while the device stage runs layer il.
   if (il == 0) push(0);
   if (il + 1 < n_layers_) push(il + 1);
+}
+
+void HybridAttention::record(std::vector<StageEvent>& events, const char* stage, int64_t step,
+                             int layer, double begin, double end) {
+  if (!cfg_.trace || events.size() >= kMaxTraceEvents) return;
+  events.push_back(StageEvent{stage, step, layer, begin - epoch_, end - epoch_});
 }
 
 void HybridAttention::worker_main() {
@@ -301,6 +330,9 @@ void HybridAttention::worker_main() {
       const double tq = now_seconds() - t0;
       d = cpu_stage(job.layer, s.q.data(), job.slot, job.plan);
       d.t_cpu += tq;
+      const double t1 = now_seconds();
+      record(worker_events_, "cpu", job.step, job.layer, t0, t1 - d.t_tx);
+      record(worker_events_, "tx", job.step, job.layer, t1 - d.t_tx, t1);
     } catch (const std::exception& e) {
       d.error = e.what();
     }
@@ -472,7 +504,9 @@ void HybridAttention::attend(int il, const float* q, const float* k, const float
     const double t0 = now_seconds();
     HG_CHECK(done_->pop(d), "hybrid attention: CPU stage stopped");
     --outstanding_;
-    step_wait_ += now_seconds() - t0;
+    const double t1 = now_seconds();
+    step_wait_ += t1 - t0;
+    record(main_events_, "wait", step_, il, t0, t1);
     if (!d.error.empty()) fail("CPU stage (layer " + std::to_string(d.layer) + "): " + d.error);
     HG_CHECK(d.layer == il, "hybrid attention: CPU stage result for layer " +
                                 std::to_string(d.layer) + " arrived at layer " +
@@ -480,7 +514,10 @@ void HybridAttention::attend(int il, const float* q, const float* k, const float
   } else {  // synchronous: the CPU stage uses the true query
     const double t0 = now_seconds();
     d = cpu_stage(il, q, il % 2, plan_);
-    step_sync_cpu_ += now_seconds() - t0;
+    const double t1 = now_seconds();
+    step_sync_cpu_ += t1 - t0;
+    record(main_events_, "cpu", step_, il, t0, t1 - d.t_tx);
+    record(main_events_, "tx", step_, il, t1 - d.t_tx, t1);
   }
   step_cpu_ += d.t_cpu;
   step_tx_ += d.t_tx;
@@ -694,7 +731,9 @@ void HybridAttention::exact_attention(int il, const float* q, const float* k, co
 
 void HybridAttention::end_step() {
   if (!decode_step_) return;
-  const double wall = now_seconds() - step_t0_;
+  const double t_end = now_seconds();
+  record(main_events_, "device", step_, n_layers_ - 1, layer_t0_, t_end);
+  const double wall = t_end - step_t0_;
   StageLatencies lat;
   lat.t_gpu = std::max(0.0, wall - step_wait_ - step_sync_cpu_);
   lat.t_cpu = step_cpu_;
@@ -716,6 +755,16 @@ AttentionStats HybridAttention::stats() const {
   const SchedulerPlan p = current_plan();
   s.k_now = p.k;
   s.mode_now = selection_mode_name(p.mode);
+  switch (cfg_.policy) {  // the baselines' fixed choices
+    case Policy::kAog:
+    case Policy::kAoc: s.k_now = 0, s.mode_now = "all"; break;
+    case Policy::kKeyformer: s.mode_now = "post-qkt"; break;
+    case Policy::kStreamingLlm: s.k_now = cfg_.n_sinks, s.mode_now = "pre-qkt"; break;
+    case Policy::kH2o:
+    case Policy::kInfinigen: s.mode_now = "pre-qkt"; break;
+    default:
+      if (cfg_.selection == SelectionControl::kOff) s.k_now = 0, s.mode_now = "all";
+  }
   const kv::TierBytes tb = cache_->bytes();
   s.window_used = tb.window_used;
   s.window_reserved = tb.window_reserved;
@@ -738,7 +787,17 @@ AttentionStats HybridAttention::stats() const {
   return s;
 }
 
+std::vector<StageEvent> HybridAttention::trace() const {
+  std::vector<StageEvent> all = main_events_;
+  all.insert(all.end(), worker_events_.begin(), worker_events_.end());
+  std::stable_sort(all.begin(), all.end(),
+                   [](const StageEvent& a, const StageEvent& b) { return a.begin < b.begin; });
+  return all;
+}
+
 void HybridAttention::reset_stats() {
+  main_events_.clear();
+  worker_events_.clear();
   AttentionStats fresh;
   fresh.policy = stats_.policy;
   fresh.window = stats_.window;

@@ -85,6 +85,7 @@ struct HybridConfig {
   int n_sinks = 4;       // streamingllm and the sinks+recent predictor
   int partial_dims = 0;  // InfiniGen-style predictor: query dimensions used (0: head_dim / 4)
   cpu::LogitsPath logits_path = cpu::LogitsPath::kAuto;
+  bool trace = false;  // record StageEvents
 };
 
 // Validates the public options (errors name the flag) and resolves defaults:
@@ -109,7 +110,9 @@ class HybridAttention final : public AttentionRunner {
   void end_step() override;
 
   AttentionStats stats() const;
-  void reset_stats();
+  // Recorded stage intervals (config.trace), sorted by begin. Not during a forward step.
+  std::vector<StageEvent> trace() const;
+  void reset_stats();  // and the trace
   const HybridConfig& config() const { return cfg_; }
   const kv::TieredKvCache& cache() const { return *cache_; }
   const FeedbackScheduler* scheduler() const { return scheduler_.get(); }
@@ -121,6 +124,7 @@ class HybridAttention final : public AttentionRunner {
     int layer = -1;  // -1: stop
     int slot = 0;
     SchedulerPlan plan;
+    int64_t step = 0;
   };
   struct Done {
     int layer = -1;
@@ -134,6 +138,9 @@ class HybridAttention final : public AttentionRunner {
   // Speculative query of layer il from x ([n, d_model]) into q ([n, n_heads, head_dim]).
   void speculative_query(int il, const float* x, float* q) const;
   void worker_main();
+  static constexpr size_t kMaxTraceEvents = size_t{1} << 20;  // per thread
+  void record(std::vector<StageEvent>& events, const char* stage, int64_t step, int layer,
+              double begin, double end);
   void merge_row(int il, int b, const float* q, const float* k, const float* v,
                  const RowResult& r, float* out);
   void exact_attention(int il, const float* q, const float* k, const float* v, float* out,
@@ -175,6 +182,9 @@ class HybridAttention final : public AttentionRunner {
   int step_min_off_ = 0;
   AttentionStats stats_;
   double k_sum_ = 0;
+  // Trace: the device stage's events and the worker's, kept apart (no locking on the hot path).
+  double epoch_ = 0, layer_t0_ = 0;
+  std::vector<StageEvent> main_events_, worker_events_;
 };
 
 }  // namespace hybridgen::runtime

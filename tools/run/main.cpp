@@ -99,6 +99,7 @@ int main(int argc, char** argv) {
   app.add_flag(
       "--exact-query", [&](int64_t) { a.speculative = false; },
       "the CPU stage waits for the true query (no speculation, no pipelining)");
+  app.add_option("--profile", a.profile, "model profile from hybridgen-eval (sets K_min)");
   app.add_option("--cpu-threads", a.cpu_threads, "threads of the CPU stage (0: half of -t)")
       ->capture_default_str();
   app.add_flag(
