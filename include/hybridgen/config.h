@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace hybridgen {
 
@@ -64,6 +65,13 @@ struct AttentionOptions {
   // A model profile written by hybridgen-eval --profile-out (JSON with "k_min"): its K_min
   // replaces k_min above. Empty: none.
   std::string profile;
+  // Host memory of the offloaded KV (paper §4.4): "plain" (ordinary process memory), or a
+  // NUMA placement policy: "semantic" (keys on DRAM nodes, values on the slow tier: CPU-less
+  // nodes such as CXL memory), "interleave" (pages alternate over the tiers), "dram" (all on
+  // nodes with CPUs). On a one-node machine the NUMA policies warn and use that node.
+  std::string kv_memory = "plain";
+  std::vector<int> fast_nodes, slow_nodes;  // empty: discovered (CPU nodes / CPU-less nodes)
+  uint64_t fast_key_budget_bytes = 0;       // semantic: keys allowed on DRAM (0: all of it)
   // Record per-layer stage intervals (Engine::attention_trace) for Chrome/Perfetto traces.
   bool trace = false;
 };

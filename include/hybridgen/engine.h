@@ -65,6 +65,7 @@ struct AttentionStats {
   uint64_t value_store_used = 0, value_store_reserved = 0;
   uint64_t staging_bytes = 0;     // V staging + CPU-logits buffers, all pipeline slots
   std::string allocator;          // host allocator of the stores
+  std::string placement;          // NUMA allocators: bytes per node and role, from the kernel
   std::vector<std::string> scheduler_trace;  // the last decisions of Algorithm 1
 };
 

@@ -43,6 +43,7 @@ std::string format_attention_stats(const AttentionStats& s, bool verbose) {
                 mb(s.value_store_used).c_str(), mb(s.value_store_reserved).c_str(),
                 mb(s.staging_bytes).c_str(), s.allocator.c_str());
   out += line;
+  if (!s.placement.empty()) out += s.placement;
   if (verbose)
     for (const std::string& d : s.scheduler_trace) out += "  scheduler: " + d + "\n";
   return out;

@@ -8,6 +8,7 @@
 #include <chrono>
 
 #include "memory/allocator.h"
+#include "memory/numa_allocator.h"
 #include "model/model_loader.h"
 #include "runtime/hybrid_attention.h"
 #include "runtime/sampler.h"
@@ -34,6 +35,7 @@ struct Engine::Impl {
   std::unique_ptr<kv::KvCacheManager> cache;
   // The hybrid runtime (policy != full): destroyed before the model it reads weights from.
   std::unique_ptr<memory::HostAllocator> host_alloc;
+  memory::NumaAllocator* numa_alloc = nullptr;  // host_alloc when it is a NUMA allocator
   std::unique_ptr<runtime::HybridAttention> hybrid;
   int max_sequences = 1;
 
@@ -127,7 +129,24 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& o) {
       const int threads = o.n_threads > 0 ? o.n_threads : omp_get_max_threads();
       const runtime::HybridConfig hc =
           runtime::resolve_attention_options(o.attention, n_ctx, tf->config().head_dim, threads);
-      im.host_alloc = memory::make_plain_allocator();
+      const AttentionOptions& a = o.attention;
+      if (a.kv_memory == "plain") {
+        im.host_alloc = memory::make_plain_allocator();
+      } else {
+        memory::TierConfig tc;
+        try {
+          tc.policy = memory::parse_policy(a.kv_memory);
+        } catch (const Error&) {
+          fail("unknown KV memory policy '" + a.kv_memory +
+               "' (the --kv-memory flag: plain, semantic, interleave, dram)");
+        }
+        tc.fast_nodes = a.fast_nodes;
+        tc.slow_nodes = a.slow_nodes;
+        tc.fast_key_budget_bytes = a.fast_key_budget_bytes;
+        tc.auto_demote_keys = true;  // LRG: the newest keys stay on DRAM
+        im.numa_alloc = memory::make_numa_allocator(tc).release();
+        im.host_alloc.reset(im.numa_alloc);
+      }
       im.hybrid = std::make_unique<runtime::HybridAttention>(hc, *tf, n_ctx, o.max_sequences,
                                                              *im.host_alloc);
       tf->set_attention_runner(im.hybrid.get());
@@ -136,6 +155,9 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& o) {
                  runtime::policy_name(hc.policy), hc.window, hc.k_min,
                  hc.speculative ? "speculative" : "exact", hc.cpu_threads);
     }
+    else if (o.attention.kv_memory != "plain")
+      log().warn("--kv-memory {} has no effect with --policy full (one tier, nothing offloaded)",
+                 o.attention.kv_memory);
     im.model = std::move(tf);
   } else if (o.device == "cuda") {
     HG_CHECK(policy == runtime::Policy::kFull,
@@ -302,7 +324,11 @@ std::vector<GenerationResult> Engine::generate_batch(
 }
 
 AttentionStats Engine::attention_stats() const {
-  if (impl_->hybrid) return impl_->hybrid->stats();
+  if (impl_->hybrid) {
+    AttentionStats s = impl_->hybrid->stats();
+    if (impl_->numa_alloc) s.placement = impl_->numa_alloc->report().format();
+    return s;
+  }
   AttentionStats s;
   s.policy = "full";
   s.window = impl_->info.n_ctx;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "hybridgen/error.h"
+#include "kv/tiered_kv.h"
 
 namespace hybridgen::memory {
 namespace {
@@ -481,6 +482,43 @@ TEST(NumaTwoNodes, ValuesOnTheSlowNodeKeysOnTheFastNode) {
   EXPECT_GT(rep.bytes_on(Role::kKeys, t.fast), 0u);
   EXPECT_GT(rep.bytes_on(Role::kKeys, t.slow), 0u);
   b.deallocate(x, 0);
+}
+
+// The hybrid runtime's host stores through the allocator (semantic policy): after evictions,
+// the key store is on the fast tier and the value store on the slow tier, as the allocator's
+// books say and, with a real CPU-less node (inside scripts/numa-vm-test.sh), as the kernel says.
+TEST(NumaTieredKv, KeyStoreFastValueStoreSlow) {
+  const TwoTiers t = real_two_tiers();
+  const bool two = t.fast >= 0 && t.slow >= 0;
+  TierConfig c = two ? TierConfig{} : same_node_tiers(Policy::kSemantic, discover_topology().local_node);
+  if (two) {
+    c.fast_nodes = {t.fast};
+    c.slow_nodes = {t.slow};
+  }
+  NumaAllocator a(c);
+  kv::TieredConfig tc;
+  tc.n_kv_heads = 2;
+  tc.head_dim = 64;
+  tc.context = 4096;
+  tc.window = 16;
+  kv::TieredKvCache cache(2, tc, 1, a);
+  ASSERT_EQ(cache.open_sequence(), 0);
+  std::vector<float> k(size_t(100) * 2 * 64, 0.5f), v(size_t(100) * 2 * 64, -0.5f);
+  for (int l = 0; l < 2; ++l) cache.layer(0, l).append(100, k.data(), v.data());
+  const uint64_t store = uint64_t(4096 - 16) * 2 * 64 * 2;  // preallocated: context - window
+  const TierUsage u = a.usage();
+  EXPECT_GE(u.at(Tier::kFast, Role::kKeys), 2 * store);
+  EXPECT_EQ(u.at(Tier::kSlow, Role::kKeys), 0u);
+  EXPECT_GE(u.at(Tier::kSlow, Role::kValues), 2 * store);
+  EXPECT_EQ(u.at(Tier::kFast, Role::kValues), 0u);
+  if (two) {
+    const PlacementReport rep = a.report();
+    std::printf("%s", rep.format().c_str());
+    EXPECT_GE(rep.bytes_on(Role::kKeys, t.fast), 2 * store);
+    EXPECT_GE(rep.bytes_on(Role::kValues, t.slow), 2 * store);
+    EXPECT_EQ(rep.bytes_on(Role::kValues, t.fast), 0u);
+  }
+  EXPECT_EQ(cache.layer(0, 1).n_offloaded(), 84);
 }
 
 }  // namespace

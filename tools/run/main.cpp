@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
   std::string prompt, prompt_file, system_prompt, log_level, weight_format = "auto";
   bool chat = false, verbose = false, show_prompt = false;
   int batch = 1, n_prompt = 0;
+  double key_budget_mb = 0;
   load.model_path = default_model_path();
 
   app.add_option("-m,--model", load.model_path, "HF model directory or .gguf file")
@@ -99,6 +100,15 @@ int main(int argc, char** argv) {
   app.add_flag(
       "--exact-query", [&](int64_t) { a.speculative = false; },
       "the CPU stage waits for the true query (no speculation, no pipelining)");
+  app.add_option("--kv-memory", a.kv_memory,
+                 "host memory of the offloaded KV: plain, semantic (K on DRAM, V on the slow "
+                 "tier), interleave, dram")
+      ->capture_default_str();
+  app.add_option("--fast-nodes", a.fast_nodes, "NUMA nodes of the fast tier (default: with CPUs)")
+      ->delimiter(',');
+  app.add_option("--slow-nodes", a.slow_nodes, "NUMA nodes of the slow tier (default: CPU-less)")
+      ->delimiter(',');
+  app.add_option("--fast-key-budget-mb", key_budget_mb, "semantic: MB of keys allowed on DRAM");
   app.add_option("--profile", a.profile, "model profile from hybridgen-eval (sets K_min)");
   app.add_option("--cpu-threads", a.cpu_threads, "threads of the CPU stage (0: half of -t)")
       ->capture_default_str();
@@ -119,6 +129,8 @@ int main(int argc, char** argv) {
                          : weight_format == "bf16" ? hybridgen::WeightFormat::kBF16
                                                    : hybridgen::WeightFormat::kAuto;
     load.max_sequences = batch;
+    if (key_budget_mb < 0) throw hybridgen::Error("--fast-key-budget-mb must be >= 0");
+    load.attention.fast_key_budget_bytes = static_cast<uint64_t>(key_budget_mb * 1e6);
     if (!prompt_file.empty()) {
       if (!prompt.empty()) throw hybridgen::Error("give the prompt with -p or -f, not both");
       prompt = read_file(prompt_file);
