@@ -72,6 +72,11 @@ struct AttentionOptions {
   std::string kv_memory = "plain";
   std::vector<int> fast_nodes, slow_nodes;  // empty: discovered (CPU nodes / CPU-less nodes)
   uint64_t fast_key_budget_bytes = 0;       // semantic: keys allowed on DRAM (0: all of it)
+  // Device memory the KV window may take, MB (0: no limit). The window of every sequence and
+  // layer is checked against it at load: too large is an out-of-memory error that says what was
+  // asked, what the budget is and which flag lowers it (the CPU backend's stand-in for the
+  // GPU's free memory; the CUDA backend checks the real one).
+  double device_memory_mb = 0;
   // Record per-layer stage intervals (Engine::attention_trace) for Chrome/Perfetto traces.
   bool trace = false;
 };

@@ -228,6 +228,7 @@ std::vector<GenerationResult> Engine::generate_batch(
 
   std::vector<int> seqs(n);
   for (int i = 0; i < n; ++i) seqs[i] = im.cache->open_sequence();
+  if (im.hybrid) im.hybrid->new_request();
   struct Live {
     std::vector<int32_t> history;
     Sampler sampler;

@@ -147,6 +147,8 @@ HybridConfig resolve_attention_options(const AttentionOptions& o, int n_ctx, int
   if (c.policy == Policy::kH2o || c.policy == Policy::kKeyformer ||
       c.policy == Policy::kInfinigen)
     c.k_fixed = o.k > 0 ? o.k : c.k_min;
+  HG_CHECK(o.device_memory_mb >= 0, "--gpu-memory-mb must be >= 0");
+  c.device_memory_bytes = static_cast<uint64_t>(o.device_memory_mb * 1e6);
   c.speculative = o.speculative;
   c.cpu_threads = o.cpu_threads > 0 ? o.cpu_threads : std::max(1, n_threads / 2);
   c.partial_dims = std::max(1, head_dim / 4);
@@ -194,6 +196,16 @@ HybridAttention::HybridAttention(const HybridConfig& config, const Transformer& 
   HG_CHECK(cfg_.k_min >= 1 && cfg_.k_fixed >= 0 && cfg_.window >= 0 && cfg_.cpu_threads >= 1,
            "hybrid attention: K_min, K, window or CPU threads out of range");
 
+  if (cfg_.device_memory_bytes > 0) {  // K and V, float32, every sequence and layer
+    const uint64_t need = uint64_t(std::min(cfg_.window, n_ctx)) * n_kv_heads_ * head_dim_ * 4 *
+                          2 * n_layers_ * max_sequences;
+    HG_CHECK(need <= cfg_.device_memory_bytes,
+             "out of device memory: the KV window needs " + std::to_string(need / 1000000) +
+                 " MB (" + std::to_string(cfg_.window) + " tokens x " +
+                 std::to_string(max_sequences) + " sequence(s) x " + std::to_string(n_layers_) +
+                 " layers) but " + std::to_string(cfg_.device_memory_bytes / 1000000) +
+                 " MB are available (--gpu-memory-mb); lower --window, -b or -c");
+  }
   kv::TieredConfig tc;
   tc.n_kv_heads = n_kv_heads_;
   tc.head_dim = head_dim_;
@@ -241,13 +253,20 @@ HybridAttention::HybridAttention(const HybridConfig& config, const Transformer& 
 HybridAttention::~HybridAttention() {
   if (worker_.joinable()) {
     jobs_->close();
+    done_->close();  // a worker blocked on a full result queue wakes too
     worker_.join();
   }
+}
+
+void HybridAttention::new_request() {
+  if (scheduler_) scheduler_->reset();
 }
 
 // ---- Step protocol --------------------------------------------------------------------------
 
 void HybridAttention::begin_step(const Batch& batch, const int32_t* pos) {
+  HG_CHECK(!broken_, "hybrid attention: the CPU stage stalled in an earlier step; reload the "
+                     "engine");
   // A step abandoned by an exception may have left CPU-stage results in flight: drain them.
   for (; outstanding_ > 0; --outstanding_) {
     Done d;
@@ -363,6 +382,7 @@ HybridAttention::Done HybridAttention::cpu_stage(int il, const float* q, int slo
                                                  const SchedulerPlan& plan) {
   Done d;
   Slot& slot = *slots_[slot_index];
+  if (cfg_.cpu_stage_hook) cfg_.cpu_stage_hook(il);
   const double t0 = now_seconds();
   double t_tx = 0;
   const uint64_t key_row = uint64_t(n_kv_heads_) * head_dim_ * 2;  // one token's bf16 K or V
@@ -502,7 +522,18 @@ void HybridAttention::attend(int il, const float* q, const float* k, const float
   Done d;
   if (worker_.joinable()) {
     const double t0 = now_seconds();
-    HG_CHECK(done_->pop(d), "hybrid attention: CPU stage stopped");
+    using Status = SpscQueue<Done>::PopStatus;
+    const auto deadline = std::chrono::steady_clock::now() +
+                          std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                              std::chrono::duration<double>(cfg_.stall_timeout_s));
+    const Status st = done_->pop_until(d, deadline);
+    if (st == Status::kTimeout) {
+      broken_ = true;
+      fail("hybrid attention: the CPU stage did not deliver layer " + std::to_string(il) +
+           " within " + std::to_string(cfg_.stall_timeout_s) +
+           " s (stalled); the engine must be reloaded");
+    }
+    HG_CHECK(st == Status::kOk, "hybrid attention: CPU stage stopped");
     --outstanding_;
     const double t1 = now_seconds();
     step_wait_ += t1 - t0;

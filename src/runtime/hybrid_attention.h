@@ -34,6 +34,7 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -86,6 +87,14 @@ struct HybridConfig {
   int partial_dims = 0;  // InfiniGen-style predictor: query dimensions used (0: head_dim / 4)
   cpu::LogitsPath logits_path = cpu::LogitsPath::kAuto;
   bool trace = false;  // record StageEvents
+  // The device stage waits at most this long for a CPU-stage result; then the step fails with
+  // an error naming the layer (a stalled CPU stage is an error, not a hang) and the runtime
+  // refuses further steps (the engine must be reloaded).
+  double stall_timeout_s = 60;
+  uint64_t device_memory_bytes = 0;  // window budget over all sequences and layers; 0: none
+  // Fault injection and tests: called by the CPU stage before each layer's work (may sleep or
+  // throw). Unset in normal runs.
+  std::function<void(int layer)> cpu_stage_hook;
 };
 
 // Validates the public options (errors name the flag) and resolves defaults:
@@ -109,6 +118,8 @@ class HybridAttention final : public AttentionRunner {
   void attend(int il, const float* q, const float* k, const float* v, float* out) override;
   void end_step() override;
 
+  // A new request: the scheduler starts again from K_min and Post-QKT (Algorithm 1, lines 6-7).
+  void new_request();
   AttentionStats stats() const;
   // Recorded stage intervals (config.trace), sorted by begin. Not during a forward step.
   std::vector<StageEvent> trace() const;
@@ -176,6 +187,7 @@ class HybridAttention final : public AttentionRunner {
   std::unique_ptr<SpscQueue<Done>> done_;
   std::thread worker_;
   int outstanding_ = 0;  // jobs pushed and not yet popped in this step
+  bool broken_ = false;  // the CPU stage stalled: no further steps
 
   // Step timing and counters.
   double step_t0_ = 0, step_wait_ = 0, step_cpu_ = 0, step_tx_ = 0, step_sync_cpu_ = 0;

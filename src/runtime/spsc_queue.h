@@ -12,14 +12,20 @@
 //   Linux). Waiting sides sleep on a per-side "event" counter that the other side bumps after
 //   publishing; notify is nearly free when nobody waits (libstdc++ counts waiters).
 // - close() wakes both sides: pushes fail from then on, pops drain what is left then fail.
+// - pop_until: a pop with a deadline (a stalled producer becomes an error, not a hang). Its sleep
+//   is a condition variable (atomic wait has no timeout); commit_push takes the mutex to notify
+//   only while such a waiter is registered, so untimed traffic never touches it.
 //
 // Exactly one thread may push and exactly one thread may pop at a time (the two may differ).
 #pragma once
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <string>
 #include <utility>
@@ -105,6 +111,7 @@ class SpscQueue {
     tail_.store(tail_.load(std::memory_order_relaxed) + 1, std::memory_order_seq_cst);
     data_event_.fetch_add(1, std::memory_order_seq_cst);
     data_event_.notify_one();
+    wake_timed_consumer();
   }
   // Blocks while full; false (item not queued) once the queue is closed.
   bool push(T item) {
@@ -157,6 +164,31 @@ class SpscQueue {
     end_pop();
     return true;
   }
+  enum class PopStatus { kOk, kClosed, kTimeout };
+  // Blocks while empty, until `deadline`: kOk (out filled), kClosed (closed and drained) or
+  // kTimeout (nothing arrived in time; nothing consumed).
+  PopStatus pop_until(T& out, std::chrono::steady_clock::time_point deadline) {
+    const uint64_t head = head_.load(std::memory_order_relaxed);
+    auto ready = [&] { return tail_.load(std::memory_order_seq_cst) != head || closed(); };
+    for (int spin = 0; spin < kSpins && !ready(); ++spin) cpu_relax();
+    if (!ready()) {
+      // Registered before the predicate is checked under the lock: a commit that misses the
+      // registration happened before it, so the predicate sees its tail.
+      timed_waiters_.fetch_add(1, std::memory_order_seq_cst);
+      {
+        std::unique_lock<std::mutex> lock(timed_mu_);
+        timed_cv_.wait_until(lock, deadline, ready);
+      }
+      timed_waiters_.fetch_sub(1, std::memory_order_seq_cst);
+    }
+    if (tail_.load(std::memory_order_seq_cst) != head) {
+      out = std::move(slots_[head % capacity_]);
+      end_pop();
+      return PopStatus::kOk;
+    }
+    return closed() ? PopStatus::kClosed : PopStatus::kTimeout;
+  }
+
   // Non-blocking: false if empty (closed or not).
   bool try_pop(T& out) {
     const uint64_t head = head_.load(std::memory_order_relaxed);
@@ -175,12 +207,19 @@ class SpscQueue {
     space_event_.fetch_add(1, std::memory_order_seq_cst);
     data_event_.notify_all();
     space_event_.notify_all();
+    wake_timed_consumer();
   }
 
  private:
   // Spins before sleeping: a hand-off between pipeline stages is usually microseconds away, and
   // a futex sleep/wake costs more than that.
   static constexpr int kSpins = 256;
+
+  void wake_timed_consumer() {
+    if (timed_waiters_.load(std::memory_order_seq_cst) == 0) return;
+    { std::lock_guard<std::mutex> lock(timed_mu_); }  // the waiter is asleep or sees the tail
+    timed_cv_.notify_all();
+  }
 
   static size_t checked_capacity(size_t c) {
     HG_CHECK(c >= 1 && c <= (size_t{1} << 30),
@@ -209,6 +248,9 @@ class SpscQueue {
   alignas(64) std::atomic<uint64_t> head_{0};         // pops finished (consumer writes)
   alignas(64) std::atomic<uint32_t> space_event_{0};  // bumped on pop and close; producer sleeps
   alignas(64) std::atomic<bool> closed_{false};
+  std::atomic<int> timed_waiters_{0};  // consumers inside pop_until's sleep
+  std::mutex timed_mu_;
+  std::condition_variable timed_cv_;
 };
 
 }  // namespace hybridgen::runtime

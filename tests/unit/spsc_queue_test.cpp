@@ -176,5 +176,51 @@ TEST(SpscQueue, BadStorageIsAClearError) {
   EXPECT_THROW(SpscQueue<uint64_t>(buf + 1, 32), Error);  // misaligned
 }
 
+// pop_until: items in order with a producer that sometimes pauses past the spin phase; a stalled
+// producer ends in kTimeout (nothing consumed), close ends in kClosed after draining.
+TEST(SpscQueue, PopUntilDeliversTimesOutAndSeesClose) {
+  using Clock = std::chrono::steady_clock;
+  SpscQueue<uint64_t> q(4);
+  const uint64_t n = 20000;
+  std::thread producer([&] {
+    for (uint64_t i = 0; i < n; ++i) {
+      if (i % 1000 == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+      ASSERT_TRUE(q.push(i));
+    }
+  });
+  for (uint64_t i = 0; i < n; ++i) {
+    uint64_t v = ~0ull;
+    ASSERT_EQ(q.pop_until(v, Clock::now() + std::chrono::seconds(30)),
+              SpscQueue<uint64_t>::PopStatus::kOk);
+    ASSERT_EQ(v, i);
+  }
+  producer.join();
+  uint64_t v = 0;
+  const auto t0 = Clock::now();
+  EXPECT_EQ(q.pop_until(v, t0 + std::chrono::milliseconds(50)),
+            SpscQueue<uint64_t>::PopStatus::kTimeout);
+  EXPECT_GE(Clock::now() - t0, std::chrono::milliseconds(50));
+  ASSERT_TRUE(q.push(7));
+  q.close();
+  EXPECT_EQ(q.pop_until(v, Clock::now() + std::chrono::seconds(1)),
+            SpscQueue<uint64_t>::PopStatus::kOk);
+  EXPECT_EQ(v, 7u);
+  EXPECT_EQ(q.pop_until(v, Clock::now() + std::chrono::seconds(1)),
+            SpscQueue<uint64_t>::PopStatus::kClosed);
+}
+
+// A consumer asleep in pop_until wakes on close from another thread.
+TEST(SpscQueue, CloseWakesATimedConsumer) {
+  SpscQueue<int> q(2);
+  std::thread closer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    q.close();
+  });
+  int v = 0;
+  EXPECT_EQ(q.pop_until(v, std::chrono::steady_clock::now() + std::chrono::seconds(30)),
+            SpscQueue<int>::PopStatus::kClosed);
+  closer.join();
+}
+
 }  // namespace
 }  // namespace hybridgen::runtime

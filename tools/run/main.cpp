@@ -109,6 +109,8 @@ int main(int argc, char** argv) {
   app.add_option("--slow-nodes", a.slow_nodes, "NUMA nodes of the slow tier (default: CPU-less)")
       ->delimiter(',');
   app.add_option("--fast-key-budget-mb", key_budget_mb, "semantic: MB of keys allowed on DRAM");
+  app.add_option("--gpu-memory-mb", a.device_memory_mb,
+                 "device memory the KV window may take (0: no limit)");
   app.add_option("--profile", a.profile, "model profile from hybridgen-eval (sets K_min)");
   app.add_option("--cpu-threads", a.cpu_threads, "threads of the CPU stage (0: half of -t)")
       ->capture_default_str();
