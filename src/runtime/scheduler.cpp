@@ -93,7 +93,13 @@ SchedulerDecision FeedbackScheduler::update(int64_t step, int layer, const Stage
 
   ++decisions_;
   ++branch_counts_[static_cast<int>(d.branch)];
-  if (trace_.size() < config_.trace_capacity) trace_.push_back(d);
+  // Keep the most recent decisions: when full, drop the older half (amortised O(1)).
+  if (config_.trace_capacity > 0) {
+    if (trace_.size() >= config_.trace_capacity)
+      trace_.erase(trace_.begin(),
+                   trace_.begin() + static_cast<std::ptrdiff_t>((config_.trace_capacity + 1) / 2));
+    trace_.push_back(d);
+  }
   return d;  // line 17: return (K, strategy)
 }
 

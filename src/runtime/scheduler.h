@@ -51,7 +51,9 @@ struct SchedulerConfig {
   int k_min = 0;                 // line 4: offline accuracy threshold, >= 1
   int increase_step = 64;        // line 9: K += increase_step (then clamped to the offloaded count)
   double decrease_factor = 0.5;  // line 12: K <- max(K_min, min(K - 1, floor(K * factor)))
-  size_t trace_capacity = 1 << 16;  // decisions kept in the trace; later ones are only counted
+  // Decisions kept in the trace: the most recent ones, at most this many (bounded memory for
+  // long runs); all are counted.
+  size_t trace_capacity = 4096;
 };
 
 // Measured latencies of one pipeline step (or layer), in any one unit (e.g. seconds).
