@@ -150,8 +150,13 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& o) {
       im.hybrid = std::make_unique<runtime::HybridAttention>(hc, *tf, n_ctx, o.max_sequences,
                                                              *im.host_alloc);
       tf->set_attention_runner(im.hybrid.get());
+      // The CPU stage's worker has its own threads: the device stage (here: the CPU backend)
+      // gets the rest, so that the two stages do not fight over cores (an oversubscribed
+      // OpenMP team spins in its barriers and starves the other stage).
+      if (hc.speculative && policy != runtime::Policy::kAoc && policy != runtime::Policy::kAog)
+        omp_set_num_threads(std::max(1, threads - hc.cpu_threads));
       log().info("attention policy {}: GPU window {} tokens, K_min {}, {} query, {} CPU-stage "
-                 "threads",
+                 "thread(s)",
                  runtime::policy_name(hc.policy), hc.window, hc.k_min,
                  hc.speculative ? "speculative" : "exact", hc.cpu_threads);
     }
