@@ -362,6 +362,7 @@ std::vector<float> Engine::evaluate(std::span<const int32_t> tokens, int prefill
   const int vocab = im.info.vocab_size;
   std::vector<float> all(tokens.size() * size_t(vocab));
   const int seq = im.cache->open_sequence();
+  if (im.hybrid) im.hybrid->new_request();
   try {
     std::vector<float> logits;
     for (size_t begin = 0; begin < tokens.size();) {
