@@ -5,6 +5,11 @@
 // Shapes: 8 KV heads × head_dim 128 × GQA group 4 (Llama-3.1-8B's attention). Threads: OpenMP
 // (OMP_NUM_THREADS). Bandwidth: the method of bench/membw.cpp (8 independent accumulators of 16
 // floats per thread over 1 GiB, vectorized OpenMP sum), same thread count.
+// Key placement (paper §4.4): HYBRIDGEN_LOGITS_PLACEMENT=heap (default: ordinary memory),
+// dram (NUMA nodes with CPUs), slow (CPU-less nodes: CXL), interleave (pages over both tiers),
+// through the tiered allocator; the kernel's placement report is printed. On a one-node machine
+// the NUMA placements fall back to that node (with a warning). Numbers from an emulated VM are
+// not performance numbers.
 #include <omp.h>
 
 #include <algorithm>
@@ -13,9 +18,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
+
+#include "hybridgen/error.h"
+#include "memory/numa_allocator.h"
 
 #include "cpu/logits.h"
 #include "host_bandwidth.h"
@@ -26,6 +35,41 @@ namespace {
 using hybridgen::bench::median;
 
 double host_read_gbs(int reps) { return median(hybridgen::bench::host_read_gbs(1024, reps)); }
+
+// The key store of one run: heap memory, or a region of the tiered allocator placed like keys
+// (dram), like values (slow: the semantic policy puts values on the slow tier) or interleaved.
+struct KeyBuffer {
+  std::vector<uint8_t> heap;
+  std::unique_ptr<hybridgen::memory::NumaAllocator> numa;
+  uint8_t* data = nullptr;
+  size_t bytes = 0;
+  KeyBuffer(size_t n, const std::string& placement) : bytes(n) {
+    using namespace hybridgen::memory;
+    if (placement == "heap") {
+      heap.resize(n);
+      data = heap.data();
+      return;
+    }
+    TierConfig c;
+    Role role = Role::kKeys;
+    if (placement == "dram") {
+      c.policy = Policy::kDram;
+    } else if (placement == "interleave") {
+      c.policy = Policy::kInterleave;
+    } else if (placement == "slow") {
+      c.policy = Policy::kSemantic;
+      role = Role::kValues;
+    } else {
+      throw hybridgen::Error("HYBRIDGEN_LOGITS_PLACEMENT must be heap, dram, slow or interleave, "
+                             "got '" + placement + "'");
+    }
+    numa = make_numa_allocator(c);
+    data = static_cast<uint8_t*>(numa->allocate(n, role));
+  }
+  ~KeyBuffer() {
+    if (numa) numa->deallocate(data, bytes);
+  }
+};
 
 }  // namespace
 
@@ -50,11 +94,14 @@ int main(int argc, char** argv) {
   if (token_counts.empty()) token_counts = {32768, 65536, 131072};
   const int n_kv_heads = 8, head_dim = 128, group = 4;
 
+  const char* env = std::getenv("HYBRIDGEN_LOGITS_PLACEMENT");
+  const std::string placement = env ? env : "heap";
   const double bw = host_read_gbs(reps);
   std::printf("host read bandwidth: %.2f GB/s median over %d reps of 1 GiB, %d threads\n", bw, reps,
               omp_get_max_threads());
-  std::printf("logits: %d KV heads x head_dim %d x group %d, %s keys, path %s\n", n_kv_heads,
-              head_dim, group, key_dtype_name(dtype), logits_path_name(logits_auto_path(dtype)));
+  std::printf("logits: %d KV heads x head_dim %d x group %d, %s keys, path %s, keys in %s\n",
+              n_kv_heads, head_dim, group, key_dtype_name(dtype),
+              logits_path_name(logits_auto_path(dtype)), placement.c_str());
 
   std::mt19937 rng(7);
   std::normal_distribution<float> nd(0.f, 1.f);
@@ -66,7 +113,8 @@ int main(int argc, char** argv) {
     // are not in the last-level cache, as in a decode step that reads every layer's keys once.
     const size_t bytes = n_el * eb;
     const size_t copies = std::max<size_t>(1, ((size_t{512} << 20) + bytes - 1) / bytes);
-    std::vector<uint8_t> keys(copies * bytes);
+    KeyBuffer key_buf(copies * bytes, placement);
+    uint8_t* keys = key_buf.data;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < copies * n_el; ++i) {
       const float v = static_cast<float>((i * 2654435761u) % 1000) * 1e-3f - 0.5f;
@@ -87,14 +135,14 @@ int main(int argc, char** argv) {
     p.n_tokens = n_tokens;
     p.q = q.data();
     p.q_head_stride = head_dim;
-    p.keys = {keys.data(), dtype, static_cast<int64_t>(n_tokens) * head_dim, head_dim};
+    p.keys = {keys, dtype, static_cast<int64_t>(n_tokens) * head_dim, head_dim};
     p.out = out.data();
     p.out_head_stride = n_tokens;
     p.scale = 1.f / std::sqrt(static_cast<float>(head_dim));
     attention_logits(p);  // warm-up (page faults, thread pool)
     std::vector<double> secs;
     for (int r = 0; r < reps; ++r) {
-      p.keys.data = keys.data() + ((r + 1) % copies) * bytes;
+      p.keys.data = keys + ((r + 1) % copies) * bytes;
       const auto t0 = std::chrono::steady_clock::now();
       attention_logits(p);
       secs.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -109,6 +157,7 @@ int main(int argc, char** argv) {
         "%5.1f%% of read bandwidth  (+%.1f MB logits written)\n",
         n_tokens, s * 1e3, n_tokens * static_cast<double>(n_kv_heads) / s / 1e6, gbs,
         100.0 * gbs / bw, out.size() * 4 / 1e6);
+    if (key_buf.numa) std::printf("%s", key_buf.numa->report().format().c_str());
   }
   return 0;
 }
