@@ -23,11 +23,10 @@
 #include <string>
 #include <vector>
 
-#include "hybridgen/error.h"
-#include "memory/numa_allocator.h"
-
 #include "cpu/logits.h"
 #include "host_bandwidth.h"
+#include "hybridgen/error.h"
+#include "memory/numa_allocator.h"
 #include "model/dequant.h"
 
 namespace {
@@ -60,8 +59,10 @@ struct KeyBuffer {
       c.policy = Policy::kSemantic;
       role = Role::kValues;
     } else {
-      throw hybridgen::Error("HYBRIDGEN_LOGITS_PLACEMENT must be heap, dram, slow or interleave, "
-                             "got '" + placement + "'");
+      throw hybridgen::Error(
+          "HYBRIDGEN_LOGITS_PLACEMENT must be heap, dram, slow or interleave, "
+          "got '" +
+          placement + "'");
     }
     numa = make_numa_allocator(c);
     data = static_cast<uint8_t*>(numa->allocate(n, role));

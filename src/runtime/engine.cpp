@@ -155,12 +155,12 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& o) {
       // OpenMP team spins in its barriers and starves the other stage).
       if (hc.speculative && policy != runtime::Policy::kAoc && policy != runtime::Policy::kAog)
         omp_set_num_threads(std::max(1, threads - hc.cpu_threads));
-      log().info("attention policy {}: GPU window {} tokens, K_min {}, {} query, {} CPU-stage "
-                 "thread(s)",
-                 runtime::policy_name(hc.policy), hc.window, hc.k_min,
-                 hc.speculative ? "speculative" : "exact", hc.cpu_threads);
-    }
-    else if (o.attention.kv_memory != "plain")
+      log().info(
+          "attention policy {}: GPU window {} tokens, K_min {}, {} query, {} CPU-stage "
+          "thread(s)",
+          runtime::policy_name(hc.policy), hc.window, hc.k_min,
+          hc.speculative ? "speculative" : "exact", hc.cpu_threads);
+    } else if (o.attention.kv_memory != "plain")
       log().warn("--kv-memory {} has no effect with --policy full (one tier, nothing offloaded)",
                  o.attention.kv_memory);
     im.model = std::move(tf);
@@ -352,9 +352,9 @@ void Engine::reset_attention_stats() {
 
 std::vector<float> Engine::evaluate(std::span<const int32_t> tokens, int prefill_tokens) {
   Impl& im = *impl_;
-  const int n_chunked =
-      prefill_tokens < 0 ? static_cast<int>(tokens.size())
-                         : std::min(prefill_tokens, static_cast<int>(tokens.size()));
+  const int n_chunked = prefill_tokens < 0
+                            ? static_cast<int>(tokens.size())
+                            : std::min(prefill_tokens, static_cast<int>(tokens.size()));
   HG_CHECK(!tokens.empty(), "evaluate: no tokens");
   HG_CHECK(static_cast<int>(tokens.size()) <= im.info.n_ctx,
            "evaluate: " + std::to_string(tokens.size()) + " tokens exceed the context size " +

@@ -22,8 +22,7 @@ namespace hybridgen::runtime {
 namespace {
 
 double now_seconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 inline float bf16f(uint16_t b) {
@@ -64,11 +63,14 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // ---- Policies and options -------------------------------------------------------------------
 
 Policy parse_policy(const std::string& name) {
-  static const std::pair<const char*, Policy> kNames[] = {
-      {"full", Policy::kFull},           {"hybrid", Policy::kHybrid},
-      {"aog", Policy::kAog},             {"aoc", Policy::kAoc},
-      {"h2o", Policy::kH2o},             {"streamingllm", Policy::kStreamingLlm},
-      {"keyformer", Policy::kKeyformer}, {"infinigen", Policy::kInfinigen}};
+  static const std::pair<const char*, Policy> kNames[] = {{"full", Policy::kFull},
+                                                          {"hybrid", Policy::kHybrid},
+                                                          {"aog", Policy::kAog},
+                                                          {"aoc", Policy::kAoc},
+                                                          {"h2o", Policy::kH2o},
+                                                          {"streamingllm", Policy::kStreamingLlm},
+                                                          {"keyformer", Policy::kKeyformer},
+                                                          {"infinigen", Policy::kInfinigen}};
   for (const auto& [n, p] : kNames)
     if (name == n) return p;
   fail("unknown attention policy '" + name +
@@ -77,14 +79,22 @@ Policy parse_policy(const std::string& name) {
 
 const char* policy_name(Policy p) {
   switch (p) {
-    case Policy::kFull: return "full";
-    case Policy::kHybrid: return "hybrid";
-    case Policy::kAog: return "aog";
-    case Policy::kAoc: return "aoc";
-    case Policy::kH2o: return "h2o";
-    case Policy::kStreamingLlm: return "streamingllm";
-    case Policy::kKeyformer: return "keyformer";
-    case Policy::kInfinigen: return "infinigen";
+    case Policy::kFull:
+      return "full";
+    case Policy::kHybrid:
+      return "hybrid";
+    case Policy::kAog:
+      return "aog";
+    case Policy::kAoc:
+      return "aoc";
+    case Policy::kH2o:
+      return "h2o";
+    case Policy::kStreamingLlm:
+      return "streamingllm";
+    case Policy::kKeyformer:
+      return "keyformer";
+    case Policy::kInfinigen:
+      return "infinigen";
   }
   return "?";
 }
@@ -93,8 +103,10 @@ HybridConfig resolve_attention_options(const AttentionOptions& o, int n_ctx, int
                                        int n_threads) {
   HybridConfig c;
   c.policy = parse_policy(o.policy);
-  HG_CHECK(o.window >= -1, "the GPU window (--window) must be >= 0 tokens (or -1: 10% of the "
-                           "context), got " + std::to_string(o.window));
+  HG_CHECK(o.window >= -1,
+           "the GPU window (--window) must be >= 0 tokens (or -1: 10% of the "
+           "context), got " +
+               std::to_string(o.window));
   HG_CHECK(o.k_min >= 1, "K_min (--k-min) must be >= 1, got " + std::to_string(o.k_min));
   HG_CHECK(o.k >= 0, "K (--k) must be >= 0 (0: K_min), got " + std::to_string(o.k));
   HG_CHECK(o.cpu_threads >= 0,
@@ -115,9 +127,10 @@ HybridConfig resolve_attention_options(const AttentionOptions& o, int n_ctx, int
   }
   int window = o.window < 0 ? n_ctx / 10 : o.window;
   if (window > n_ctx) {
-    log().warn("the GPU window ({} tokens, --window) is larger than the context ({}): clamped "
-               "to the context, nothing is offloaded",
-               window, n_ctx);
+    log().warn(
+        "the GPU window ({} tokens, --window) is larger than the context ({}): clamped "
+        "to the context, nothing is offloaded",
+        window, n_ctx);
     window = n_ctx;
   }
   if (c.policy == Policy::kAog || c.policy == Policy::kAoc) window = 0;
@@ -133,7 +146,8 @@ HybridConfig resolve_attention_options(const AttentionOptions& o, int n_ctx, int
   else if (o.selection == "off")
     c.selection = SelectionControl::kOff;
   else
-    fail("unknown selection '" + o.selection + "' (the --selection flag: adaptive, post, pre, off)");
+    fail("unknown selection '" + o.selection +
+         "' (the --selection flag: adaptive, post, pre, off)");
   if (o.predictor == "heavy")
     c.predictor = Predictor::kHeavy;
   else if (o.predictor == "sinks-recent")
@@ -144,8 +158,7 @@ HybridConfig resolve_attention_options(const AttentionOptions& o, int n_ctx, int
     fail("unknown Pre-QKT predictor '" + o.predictor +
          "' (the --predictor flag: heavy, sinks-recent, partial)");
   // Fixed-K baselines use K (or K_min).
-  if (c.policy == Policy::kH2o || c.policy == Policy::kKeyformer ||
-      c.policy == Policy::kInfinigen)
+  if (c.policy == Policy::kH2o || c.policy == Policy::kKeyformer || c.policy == Policy::kInfinigen)
     c.k_fixed = o.k > 0 ? o.k : c.k_min;
   HG_CHECK(o.device_memory_mb >= 0, "--gpu-memory-mb must be >= 0");
   c.device_memory_bytes = static_cast<uint64_t>(o.device_memory_mb * 1e6);
@@ -171,8 +184,8 @@ struct HybridAttention::RowResult {
 };
 
 struct HybridAttention::Slot {
-  std::vector<float> x;  // [n, d_model] layer input snapshot (speculation source)
-  std::vector<float> q;  // [n, n_heads, head_dim] the CPU stage's query
+  std::vector<float> x;         // [n, d_model] layer input snapshot (speculation source)
+  std::vector<float> q;         // [n, n_heads, head_dim] the CPU stage's query
   std::vector<RowResult> rows;  // [max_sequences]
 };
 
@@ -197,8 +210,8 @@ HybridAttention::HybridAttention(const HybridConfig& config, const Transformer& 
            "hybrid attention: K_min, K, window or CPU threads out of range");
 
   if (cfg_.device_memory_bytes > 0) {  // K and V, float32, every sequence and layer
-    const uint64_t need = uint64_t(std::min(cfg_.window, n_ctx)) * n_kv_heads_ * head_dim_ * 4 *
-                          2 * n_layers_ * max_sequences;
+    const uint64_t need = uint64_t(std::min(cfg_.window, n_ctx)) * n_kv_heads_ * head_dim_ * 4 * 2 *
+                          n_layers_ * max_sequences;
     HG_CHECK(need <= cfg_.device_memory_bytes,
              "out of device memory: the KV window needs " + std::to_string(need / 1000000) +
                  " MB (" + std::to_string(cfg_.window) + " tokens x " +
@@ -241,8 +254,8 @@ HybridAttention::HybridAttention(const HybridConfig& config, const Transformer& 
   stats_.window = cfg_.window;
   stats_.allocator = alloc_.name();
 
-  const bool pipelined = cfg_.speculative && cfg_.policy != Policy::kAoc &&
-                         cfg_.policy != Policy::kAog;
+  const bool pipelined =
+      cfg_.speculative && cfg_.policy != Policy::kAoc && cfg_.policy != Policy::kAog;
   if (pipelined) {
     jobs_ = std::make_unique<SpscQueue<Job>>(4);
     done_ = std::make_unique<SpscQueue<Done>>(4);
@@ -265,8 +278,9 @@ void HybridAttention::new_request() {
 // ---- Step protocol --------------------------------------------------------------------------
 
 void HybridAttention::begin_step(const Batch& batch, const int32_t* pos) {
-  HG_CHECK(!broken_, "hybrid attention: the CPU stage stalled in an earlier step; reload the "
-                     "engine");
+  HG_CHECK(!broken_,
+           "hybrid attention: the CPU stage stalled in an earlier step; reload the "
+           "engine");
   // A step abandoned by an exception may have left CPU-stage results in flight: drain them.
   for (; outstanding_ > 0; --outstanding_) {
     Done d;
@@ -321,7 +335,8 @@ void HybridAttention::layer_input(int il, const float* x) {
     Slot& s = *slots_[layer % 2];
     s.x.assign(x, x + size_t(n_rows_) * d_model_);
     s.q.resize(size_t(n_rows_) * n_heads_ * head_dim_);
-    HG_CHECK(jobs_->push(Job{layer, layer % 2, plan_, step_}), "hybrid attention: CPU stage stopped");
+    HG_CHECK(jobs_->push(Job{layer, layer % 2, plan_, step_}),
+             "hybrid attention: CPU stage stopped");
     ++outstanding_;
   };
   // Layer 0's query comes from its own input (the embedding): exact. Layer il+1's is
@@ -366,8 +381,7 @@ void HybridAttention::speculative_query(int il, const float* x, float* q) const 
   const int n = n_rows_;
   std::vector<float> h(size_t(n) * d_model_);  // [n, d_model]
   if (c.layer_norm)
-    cpu::layer_norm(x, L.attn_norm.data(), L.attn_norm_b.data(), n, d_model_, c.norm_eps,
-                    h.data());
+    cpu::layer_norm(x, L.attn_norm.data(), L.attn_norm_b.data(), n, d_model_, c.norm_eps, h.data());
   else
     cpu::rms_norm(x, L.attn_norm.data(), n, d_model_, c.norm_eps, h.data());
   L.qkv.forward_rows(h.data(), q, n, n_heads_ * head_dim_);
@@ -406,8 +420,8 @@ HybridAttention::Done HybridAttention::cpu_stage(int il, const float* q, int slo
       case Policy::kHybrid:
         if (cfg_.selection != SelectionControl::kOff) {
           k = plan.k;
-          kind = plan.mode == SelectionMode::kPostQkt ? RowResult::Kind::kPost
-                                                      : RowResult::Kind::kPre;
+          kind =
+              plan.mode == SelectionMode::kPostQkt ? RowResult::Kind::kPost : RowResult::Kind::kPre;
         }
         break;
       case Policy::kKeyformer:
@@ -496,10 +510,12 @@ HybridAttention::Done HybridAttention::cpu_stage(int il, const float* q, int slo
 
     // V transfer: gather the selected rows into staging.
     const double tg = now_seconds();
-    if (!r.values) {  // sized once for the largest K this configuration can use
+    if (!r.values) {                     // sized once for the largest K this configuration can use
       int max_k = n_ctx_ - cfg_.window;  // hybrid with an adaptive K or selection off
-      if (cfg_.policy == Policy::kStreamingLlm) max_k = cfg_.n_sinks;
-      else if (cfg_.k_fixed > 0 && cfg_.selection != SelectionControl::kOff) max_k = cfg_.k_fixed;
+      if (cfg_.policy == Policy::kStreamingLlm)
+        max_k = cfg_.n_sinks;
+      else if (cfg_.k_fixed > 0 && cfg_.selection != SelectionControl::kOff)
+        max_k = cfg_.k_fixed;
       r.values = std::make_unique<kv::VStaging>(alloc_, n_kv_heads_, head_dim_, std::max(max_k, 1));
     }
     r.values->gather(kv.value_store(), r.sel);
@@ -562,9 +578,15 @@ void HybridAttention::attend(int il, const float* q, const float* k, const float
     k_sum_ += r.k;
     switch (r.kind) {
       case RowResult::Kind::kNone:
-      case RowResult::Kind::kAll: ++stats_.passes_all; break;
-      case RowResult::Kind::kPost: ++stats_.passes_post_qkt; break;
-      case RowResult::Kind::kPre: ++stats_.passes_pre_qkt; break;
+      case RowResult::Kind::kAll:
+        ++stats_.passes_all;
+        break;
+      case RowResult::Kind::kPost:
+        ++stats_.passes_post_qkt;
+        break;
+      case RowResult::Kind::kPre:
+        ++stats_.passes_pre_qkt;
+        break;
     }
   }
 }
@@ -573,12 +595,12 @@ void HybridAttention::merge_row(int il, int b, const float* q, const float* k_ne
                                 const float* v_new, const RowResult& r, float* out) {
   kv::TieredLayerKv& kv = cache_->layer(seqs_[b], il);
   const int p = pos_[b];
-  HG_CHECK(kv.length() == p, "hybrid attention: sequence " + std::to_string(seqs_[b]) +
-                                 " holds " + std::to_string(kv.length()) +
-                                 " tokens at layer " + std::to_string(il) + ", expected " +
-                                 std::to_string(p));
-  HG_CHECK(kv.n_offloaded() == r.n_off, "hybrid attention: offloaded count changed under the "
-                                        "CPU stage");
+  HG_CHECK(kv.length() == p, "hybrid attention: sequence " + std::to_string(seqs_[b]) + " holds " +
+                                 std::to_string(kv.length()) + " tokens at layer " +
+                                 std::to_string(il) + ", expected " + std::to_string(p));
+  HG_CHECK(kv.n_offloaded() == r.n_off,
+           "hybrid attention: offloaded count changed under the "
+           "CPU stage");
   const int n_off = r.n_off, nw = kv.n_window(), k = r.k;
   const int lo_pos = sliding_window_ > 0 ? p - sliding_window_ + 1 : 0;
   const kv::WindowStore* ws = kv.window();
@@ -599,14 +621,14 @@ void HybridAttention::merge_row(int il, int b, const float* q, const float* k_ne
       // Device logits over the window, one pass in slot order.
       for (int i = 0; i < nw; ++i) {
         const int s = kv.window_slot(i);
-        window_logits[s] = dot_f32(qv, ws->host_keys(h) + int64_t(s) * head_dim_, head_dim_) *
-                           scale_;
+        window_logits[s] =
+            dot_f32(qv, ws->host_keys(h) + int64_t(s) * head_dim_, head_dim_) * scale_;
       }
       // Token concatenator: CPU logits (selected offloaded) + device logits, original order.
       static const int32_t kNoSelection = 0;  // non-null: "a selection of k == 0 tokens"
       kv::concat_tiers(kv, k > 0 ? r.sel.head(h) : &kNoSelection, k,
-                       k > 0 ? r.logits.data() + int64_t(qh) * k : nullptr,
-                       window_logits.data(), 1, probs.data());
+                       k > 0 ? r.logits.data() + int64_t(qh) * k : nullptr, window_logits.data(), 1,
+                       probs.data());
       probs[total - 1] = dot_f32(qv, k_new + int64_t(h) * head_dim_, head_dim_) * scale_;
       for (int i = 0; i < nw; ++i)  // sliding window: window positions too old to attend
         if (n_off + i < lo_pos) probs[k + i] = kNegInf;
@@ -788,11 +810,19 @@ AttentionStats HybridAttention::stats() const {
   s.mode_now = selection_mode_name(p.mode);
   switch (cfg_.policy) {  // the baselines' fixed choices
     case Policy::kAog:
-    case Policy::kAoc: s.k_now = 0, s.mode_now = "all"; break;
-    case Policy::kKeyformer: s.mode_now = "post-qkt"; break;
-    case Policy::kStreamingLlm: s.k_now = cfg_.n_sinks, s.mode_now = "pre-qkt"; break;
+    case Policy::kAoc:
+      s.k_now = 0, s.mode_now = "all";
+      break;
+    case Policy::kKeyformer:
+      s.mode_now = "post-qkt";
+      break;
+    case Policy::kStreamingLlm:
+      s.k_now = cfg_.n_sinks, s.mode_now = "pre-qkt";
+      break;
     case Policy::kH2o:
-    case Policy::kInfinigen: s.mode_now = "pre-qkt"; break;
+    case Policy::kInfinigen:
+      s.mode_now = "pre-qkt";
+      break;
     default:
       if (cfg_.selection == SelectionControl::kOff) s.k_now = 0, s.mode_now = "all";
   }

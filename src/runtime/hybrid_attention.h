@@ -76,9 +76,9 @@ enum class SelectionControl : uint8_t { kAdaptive, kPost, kPre, kOff };
 // AttentionOptions resolved against a model and a context (what the runtime executes).
 struct HybridConfig {
   Policy policy = Policy::kHybrid;
-  int window = 0;      // effective device window (tokens per sequence and layer)
-  int k_min = 128;     // the scheduler's floor
-  int k_fixed = 0;     // > 0: this K always (no K adaptation)
+  int window = 0;   // effective device window (tokens per sequence and layer)
+  int k_min = 128;  // the scheduler's floor
+  int k_fixed = 0;  // > 0: this K always (no K adaptation)
   SelectionControl selection = SelectionControl::kAdaptive;
   Predictor predictor = Predictor::kHeavy;
   bool speculative = true;
@@ -152,8 +152,8 @@ class HybridAttention final : public AttentionRunner {
   static constexpr size_t kMaxTraceEvents = size_t{1} << 20;  // per thread
   void record(std::vector<StageEvent>& events, const char* stage, int64_t step, int layer,
               double begin, double end);
-  void merge_row(int il, int b, const float* q, const float* k, const float* v,
-                 const RowResult& r, float* out);
+  void merge_row(int il, int b, const float* q, const float* k, const float* v, const RowResult& r,
+                 float* out);
   void exact_attention(int il, const float* q, const float* k, const float* v, float* out,
                        bool stream_to_device);
   SchedulerPlan current_plan() const;

@@ -33,8 +33,7 @@ void FullAttention::begin_step(const Batch& batch, const int32_t* pos) {
 void FullAttention::attend(int il, const float* q, const float* k, const float* v, float* out) {
   const int n = batch_->size();
   const int64_t kv_w = int64_t(cache_.shape().n_kv_heads) * head_dim_;
-  for (int t = 0; t < n; ++t)
-    cache_.write(batch_->seq[t], il, pos_[t], k + t * kv_w, v + t * kv_w);
+  for (int t = 0; t < n; ++t) cache_.write(batch_->seq[t], il, pos_[t], k + t * kv_w, v + t * kv_w);
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim_));
   cpu::attention(q, n, n_heads_, head_dim_, batch_->seq.data(), pos_, cache_, il, scale,
                  sliding_window_, out);

@@ -38,10 +38,11 @@ void check(bool ok, const std::string& what) {
 // The token mapper's invariants for one layer of one sequence (FIFO eviction).
 void check_layer(const hg::kv::TieredLayerKv& kv, int expect_len, int window, int64_t step,
                  int layer) {
-  const std::string at = " (step " + std::to_string(step) + ", layer " + std::to_string(layer) + ")";
+  const std::string at =
+      " (step " + std::to_string(step) + ", layer " + std::to_string(layer) + ")";
   const auto& map = kv.map();
-  check(kv.length() == expect_len, "length " + std::to_string(kv.length()) + " != " +
-                                       std::to_string(expect_len) + at);
+  check(kv.length() == expect_len,
+        "length " + std::to_string(kv.length()) + " != " + std::to_string(expect_len) + at);
   check(kv.n_window() == std::min(window, expect_len), "window count" + at);
   check(kv.n_offloaded() + kv.n_window() == kv.length(), "tier counts" + at);
   check(kv.key_store().n_tokens() == kv.n_offloaded(), "key store rows" + at);
@@ -56,8 +57,8 @@ void check_layer(const hg::kv::TieredLayerKv& kv, int expect_len, int window, in
   check(next == kv.length(), "ranges do not cover the sequence" + at);
   if (kv.length() > 0) {
     const int probe = static_cast<int>(step % kv.length());
-    check(map.tier_of(probe) == (probe < kv.n_offloaded() ? hg::kv::Tier::kHost
-                                                          : hg::kv::Tier::kDevice),
+    check(map.tier_of(probe) ==
+              (probe < kv.n_offloaded() ? hg::kv::Tier::kHost : hg::kv::Tier::kDevice),
           "tier_of" + at);
   }
 }
@@ -110,7 +111,8 @@ int main(int argc, char** argv) {
       const int seq = cache.open_sequence();
       hybrid.new_request();
       hg::Batch pre;
-      for (int i = 0; i < prompt; ++i) pre.add(int((rng = rng * 1664525u + 1013904223u) >> 8) % vocab, seq, i + 1 == prompt);
+      for (int i = 0; i < prompt; ++i)
+        pre.add(int((rng = rng * 1664525u + 1013904223u) >> 8) % vocab, seq, i + 1 == prompt);
       tf.forward(pre, cache, logits);
       for (int i = 0; i < per_request; ++i, ++step) {
         slow = (step / 100) % 2 == 1;
@@ -134,13 +136,13 @@ int main(int argc, char** argv) {
     const int64_t switches = sched->count(hg::runtime::SchedulerBranch::kSwitchToPre);
     std::printf("soak: %lld decode steps in %d requests, window %d, %.1f s (%.3f ms/step)\n",
                 (long long)step, requests, window, secs, 1e3 * secs / double(step));
-    std::printf("soak: passes post-qkt %lld, pre-qkt %lld, all %lld; scheduler decisions %lld "
-                "(increase %lld, decrease %lld, switch-to-pre %lld)\n",
-                (long long)st.passes_post_qkt, (long long)st.passes_pre_qkt,
-                (long long)st.passes_all, (long long)sched->decisions(),
-                (long long)sched->count(hg::runtime::SchedulerBranch::kIncrease),
-                (long long)sched->count(hg::runtime::SchedulerBranch::kDecrease),
-                (long long)switches);
+    std::printf(
+        "soak: passes post-qkt %lld, pre-qkt %lld, all %lld; scheduler decisions %lld "
+        "(increase %lld, decrease %lld, switch-to-pre %lld)\n",
+        (long long)st.passes_post_qkt, (long long)st.passes_pre_qkt, (long long)st.passes_all,
+        (long long)sched->decisions(),
+        (long long)sched->count(hg::runtime::SchedulerBranch::kIncrease),
+        (long long)sched->count(hg::runtime::SchedulerBranch::kDecrease), (long long)switches);
     std::printf("soak: resident %ld KB after warm-up (request 2), %ld KB at the end (%+ld KB)\n",
                 rss_warm, rss_end, rss_end - rss_warm);
     check(step >= steps - requests, "ran fewer steps than asked");

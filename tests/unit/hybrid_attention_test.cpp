@@ -8,6 +8,8 @@
 // offloaded positions' K/V rounded to bf16 (RoundedReference below): equal within float32
 // summation-order error, for windows from 0 to the whole context, batch 1 and 2, across
 // evictions.
+#include "runtime/hybrid_attention.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -18,7 +20,6 @@
 #include "memory/allocator.h"
 #include "model/dequant.h"
 #include "model/model_loader.h"
-#include "runtime/hybrid_attention.h"
 #include "runtime/transformer.h"
 #include "test_support.h"
 
@@ -234,7 +235,8 @@ class HybridExactness : public ::testing::TestWithParam<Case> {};
 
 TEST_P(HybridExactness, SelectionOffExactQueryEqualsFullUpToBf16Storage) {
   const Case& c = GetParam();
-  const std::vector<int> prompt_len = c.batch == 1 ? std::vector<int>{20} : std::vector<int>{20, 13};
+  const std::vector<int> prompt_len =
+      c.batch == 1 ? std::vector<int>{20} : std::vector<int>{20, 13};
   const int steps = 40;  // 20 + 40 = 60 < kCtx; windows 0..5 evict on every step
 
   // Layer by layer on identical inputs: tight.
@@ -273,15 +275,16 @@ TEST_P(HybridExactness, SelectionOffExactQueryEqualsFullUpToBf16Storage) {
       ASSERT_TRUE(std::isfinite(a[i]));
       max_logit_err = std::max(max_logit_err, double(std::fabs(a[i] - b[i])));
     }
-    top1_same += std::max_element(a, a + cfg.vocab_size) - a ==
-                 std::max_element(b, b + cfg.vocab_size) - b;
+    top1_same +=
+        std::max_element(a, a + cfg.vocab_size) - a == std::max_element(b, b + cfg.vocab_size) - b;
   }
   // (bf16 K/V of these random tiny models move logits by up to ~0.25: measured 0.24 at most)
   EXPECT_LT(max_logit_err, 0.5);
   EXPECT_GE(top1_same, rows * 95 / 100);
-  std::printf("[ %s window %d batch %d ] per layer max |hybrid - rounded full| = %.3g; logits "
-              "vs full: max |err| %.3g, top-1 same %d/%d\n",
-              c.model.c_str(), c.window, c.batch, compare.max_err, max_logit_err, top1_same, rows);
+  std::printf(
+      "[ %s window %d batch %d ] per layer max |hybrid - rounded full| = %.3g; logits "
+      "vs full: max |err| %.3g, top-1 same %d/%d\n",
+      c.model.c_str(), c.window, c.batch, compare.max_err, max_logit_err, top1_same, rows);
 }
 
 std::vector<Case> exactness_cases() {
@@ -360,9 +363,10 @@ TEST(HybridAttention, SpeculativePipelineRunsEveryPass) {
     EXPECT_EQ(st.layer_passes, 40 * 2 * spec.model->config().n_layers);
     for (size_t i = 0; i < size_t(33) * vocab; ++i)  // the prefill step's rows: 20 + 13 tokens
       ASSERT_EQ(got[i], want[i]) << name << " at " << i;
-    std::printf("[ %s ] speculation: top-1 same at %d of %d rows, max |Δlogit| %.3g, device "
-                "waited %.3f ms in total\n",
-                name.c_str(), same_top1, rows, max_err, 1e3 * st.t_wait);
+    std::printf(
+        "[ %s ] speculation: top-1 same at %d of %d rows, max |Δlogit| %.3g, device "
+        "waited %.3f ms in total\n",
+        name.c_str(), same_top1, rows, max_err, 1e3 * st.t_wait);
   }
 }
 
@@ -459,25 +463,25 @@ TEST(HybridAttention, MemoryReportMatchesArithmetic) {
 TEST(HybridAttention, BadOptionsNameTheFlag) {
   AttentionOptions o;
   o.policy = "hybrd";
-  EXPECT_TRUE(Contains(error_of([&] { runtime::resolve_attention_options(o, 64, 16, 2); }),
-                       "--policy"));
+  EXPECT_TRUE(
+      Contains(error_of([&] { runtime::resolve_attention_options(o, 64, 16, 2); }), "--policy"));
   o = AttentionOptions();
   o.policy = "hybrid";
   o.window = -5;
-  EXPECT_TRUE(Contains(error_of([&] { runtime::resolve_attention_options(o, 64, 16, 2); }),
-                       "--window"));
+  EXPECT_TRUE(
+      Contains(error_of([&] { runtime::resolve_attention_options(o, 64, 16, 2); }), "--window"));
   o.window = 10;
   o.k_min = 0;
-  EXPECT_TRUE(Contains(error_of([&] { runtime::resolve_attention_options(o, 64, 16, 2); }),
-                       "--k-min"));
+  EXPECT_TRUE(
+      Contains(error_of([&] { runtime::resolve_attention_options(o, 64, 16, 2); }), "--k-min"));
   o.k_min = 4;
   o.selection = "sometimes";
-  EXPECT_TRUE(Contains(error_of([&] { runtime::resolve_attention_options(o, 64, 16, 2); }),
-                       "--selection"));
+  EXPECT_TRUE(
+      Contains(error_of([&] { runtime::resolve_attention_options(o, 64, 16, 2); }), "--selection"));
   o.selection = "post";
   o.predictor = "oracle";
-  EXPECT_TRUE(Contains(error_of([&] { runtime::resolve_attention_options(o, 64, 16, 2); }),
-                       "--predictor"));
+  EXPECT_TRUE(
+      Contains(error_of([&] { runtime::resolve_attention_options(o, 64, 16, 2); }), "--predictor"));
   // Documented clamps: a window over the context keeps everything on the device; -1 is 10%.
   o.predictor = "heavy";
   o.window = 1000;

@@ -89,13 +89,15 @@ int main(int argc, char** argv) {
   app.add_option("--window", a.window,
                  "device (GPU) window per sequence and layer, tokens (-1: 10% of the context)")
       ->capture_default_str();
-  app.add_option("--k-min", a.k_min, "K_min: fewest offloaded tokens per KV head the scheduler uses")
+  app.add_option("--k-min", a.k_min,
+                 "K_min: fewest offloaded tokens per KV head the scheduler uses")
       ->capture_default_str();
   app.add_option("--k", a.k, "fixed K (h2o, keyformer, infinigen, hybrid); 0: K_min / adaptive")
       ->capture_default_str();
   app.add_option("--selection", a.selection, "hybrid: adaptive, post, pre, off")
       ->capture_default_str();
-  app.add_option("--predictor", a.predictor, "hybrid's Pre-QKT predictor: heavy, sinks-recent, partial")
+  app.add_option("--predictor", a.predictor,
+                 "hybrid's Pre-QKT predictor: heavy, sinks-recent, partial")
       ->capture_default_str();
   app.add_flag(
       "--exact-query", [&](int64_t) { a.speculative = false; },
