@@ -51,6 +51,7 @@ struct Options {
   // mc
   std::string data, task = "auto", fewshot_file, mc_prefill = "fewshot";
   int fewshot = 3, limit = 0;
+  bool show_prompt = false;
   // profile
   std::string metric = "ppl", profile_out;
   double tolerance = 0.01;
@@ -100,8 +101,7 @@ std::vector<hgeval::RunConfig> configs_for(const Options& o, int n_tokens) {
       note(o, "note: " + r.label + " K=" + std::to_string(r.k) + " attends to " +
                   std::to_string(r.budget) + " past tokens, not fewer than the " +
                   std::to_string(n_tokens) +
-                  " evaluated: nothing is left out (lower --window "
-                  "or --k)");
+                  " evaluated: nothing is left out (lower --window or --k)");
   return c;
 }
 
@@ -520,6 +520,12 @@ int run_mc(Options& o) {
       shots.push_back(shots_from[idx[s]]);
     }
     std::string ctx = hgeval::mc_context(shots, items[i]);
+    if (o.show_prompt && i == 0) {  // the harness's format, to compare with its own dumps
+      std::fprintf(stderr, "--- prompt of item 1 ---\n%s", ctx.c_str());
+      for (const std::string& c : items[i].choices)
+        std::fprintf(stderr, "\n  choice: \" %s\"", c.c_str());
+      std::fprintf(stderr, "\n---\n");
+    }
     const std::string shots_text = ctx.substr(0, ctx.size() - items[i].text.size());
     for (const std::string& choice : items[i].choices) {
       // lm-evaluation-harness: continuation = target_delimiter + choice; trailing spaces of the
@@ -715,6 +721,7 @@ int main(int argc, char** argv) {
   mc->add_option("--fewshot-file", o.fewshot_file,
                  "JSONL file the examples come from (default: --data, without the item)");
   mc->add_option("--limit", o.limit, "first N items only (0: all)")->capture_default_str();
+  mc->add_flag("--show-prompt", o.show_prompt, "print the first item's prompt and choices");
   mc->add_option("--mc-prefill", o.mc_prefill,
                  "exact prefix: fewshot (the examples), context (all but the answer), none")
       ->capture_default_str();
