@@ -57,6 +57,11 @@ struct AttentionStats {
   double t_cpu = 0;               // CPU stage: query, logits and selection
   double t_tx = 0;                // V gather into staging (+ host-to-device copy on a GPU)
   double t_wait = 0;              // device stage blocked waiting for the CPU stage
+  // Speculation's quality: mean cosine similarity between the CPU stage's speculated query and
+  // the true one, over query heads, sequences and layers >= 1 (layer 0's is exact); and the
+  // same for layer 1 alone. 0 when the query is exact.
+  double speculation_cosine = 0;
+  std::vector<double> speculation_cosine_per_layer;  // [n_layers]; index 0 is exact (1)
   uint64_t key_bytes_read = 0;    // offloaded key bytes the CPU stage read
   uint64_t value_bytes_moved = 0; // offloaded V bytes gathered for the device
   // Memory, bytes (used = tokens held; reserved = allocated). K and V apart.

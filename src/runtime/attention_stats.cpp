@@ -43,6 +43,20 @@ std::string format_attention_stats(const AttentionStats& s, bool verbose) {
                 mb(s.value_store_used).c_str(), mb(s.value_store_reserved).c_str(),
                 mb(s.staging_bytes).c_str(), s.allocator.c_str());
   out += line;
+  if (s.speculation_cosine > 0) {
+    std::snprintf(line, sizeof line,
+                  "  speculated query vs true: mean cosine %.4f (layers >= 1)\n",
+                  s.speculation_cosine);
+    out += line;
+    if (verbose) {
+      out += "  per layer:";
+      for (double c : s.speculation_cosine_per_layer) {
+        std::snprintf(line, sizeof line, " %.3f", c);
+        out += line;
+      }
+      out += "\n";
+    }
+  }
   if (!s.placement.empty()) out += s.placement;
   if (verbose)
     for (const std::string& d : s.scheduler_trace) out += "  scheduler: " + d + "\n";

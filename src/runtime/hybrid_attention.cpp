@@ -250,6 +250,9 @@ HybridAttention::HybridAttention(const HybridConfig& config, const Transformer& 
     slots_.push_back(std::move(s));
   }
   epoch_ = now_seconds();
+  cos_sum_.assign(n_layers_, 0.0);
+  cos_count_.assign(n_layers_, 0);
+  exact_layer_.assign(n_layers_, 0);
   stats_.policy = policy_name(cfg_.policy);
   stats_.window = cfg_.window;
   stats_.allocator = alloc_.name();
@@ -342,7 +345,7 @@ void HybridAttention::layer_input(int il, const float* x) {
   // Layer 0's query comes from its own input (the embedding): exact. Layer il+1's is
   // speculated from layer il's input while the device stage runs layer il.
   if (il == 0) push(0);
-  if (il + 1 < n_layers_) push(il + 1);
+  if (il + 1 < n_layers_ && !exact_layer_[il + 1]) push(il + 1);
 }
 
 void HybridAttention::record(std::vector<StageEvent>& events, const char* stage, int64_t step,
@@ -536,7 +539,8 @@ void HybridAttention::attend(int il, const float* q, const float* k, const float
     return;
   }
   Done d;
-  if (worker_.joinable()) {
+  const bool speculated = worker_.joinable() && !exact_layer_[il];
+  if (speculated) {
     const double t0 = now_seconds();
     using Status = SpscQueue<Done>::PopStatus;
     const auto deadline = std::chrono::steady_clock::now() +
@@ -565,6 +569,21 @@ void HybridAttention::attend(int il, const float* q, const float* k, const float
     step_sync_cpu_ += t1 - t0;
     record(main_events_, "cpu", step_, il, t0, t1 - d.t_tx);
     record(main_events_, "tx", step_, il, t1 - d.t_tx, t1);
+  }
+  if (speculated) {  // how close the speculated query came to the true one
+    const float* qs = slots_[il % 2]->q.data();
+    for (int64_t hq = 0; hq < int64_t(n_rows_) * n_heads_; ++hq) {
+      const float* a = q + hq * head_dim_;
+      const float* b = qs + hq * head_dim_;
+      double ab = 0, aa = 0, bb = 0;
+      for (int i = 0; i < head_dim_; ++i) {
+        ab += double(a[i]) * b[i];
+        aa += double(a[i]) * a[i];
+        bb += double(b[i]) * b[i];
+      }
+      cos_sum_[il] += aa > 0 && bb > 0 ? ab / std::sqrt(aa * bb) : 1.0;
+      ++cos_count_[il];
+    }
   }
   step_cpu_ += d.t_cpu;
   step_tx_ += d.t_tx;
@@ -796,6 +815,20 @@ void HybridAttention::end_step() {
   stats_.t_cpu += lat.t_cpu;
   stats_.t_tx += lat.t_tx;
   stats_.t_wait += step_wait_;
+  // After the warm-up, layers whose speculated query is measured to be poor get the true query
+  // (synchronous CPU stage) from then on; the others keep speculating.
+  if (split_path_ && worker_.joinable() && ++spec_steps_ == cfg_.speculation_warmup_steps) {
+    std::string exact;
+    for (int l = 1; l < n_layers_; ++l)
+      if (cos_count_[l] > 0 && cos_sum_[l] / cos_count_[l] < cfg_.speculation_min_cosine) {
+        exact_layer_[l] = 1;
+        exact += " " + std::to_string(l);
+      }
+    if (!exact.empty())
+      log().info("hybrid attention: speculated query below cosine {:.2f} of the true one at "
+                 "layer(s){}: those use the true query (synchronous CPU stage)",
+                 cfg_.speculation_min_cosine, exact);
+  }
   if (scheduler_ && split_path_ && step_min_off_ != std::numeric_limits<int>::max() &&
       step_min_off_ >= cfg_.k_min)
     scheduler_->update(step_, -1, lat, step_min_off_);
@@ -805,6 +838,13 @@ void HybridAttention::end_step() {
 AttentionStats HybridAttention::stats() const {
   AttentionStats s = stats_;
   s.mean_k = s.layer_passes > 0 ? k_sum_ / double(s.layer_passes) : 0;
+  double cs = 0;
+  int64_t cn = 0;
+  for (int l = 0; l < n_layers_; ++l) {
+    s.speculation_cosine_per_layer.push_back(cos_count_[l] ? cos_sum_[l] / cos_count_[l] : 0);
+    if (l > 0) cs += cos_sum_[l], cn += cos_count_[l];
+  }
+  s.speculation_cosine = cn ? cs / cn : 0;
   const SchedulerPlan p = current_plan();
   s.k_now = p.k;
   s.mode_now = selection_mode_name(p.mode);
@@ -859,6 +899,8 @@ std::vector<StageEvent> HybridAttention::trace() const {
 void HybridAttention::reset_stats() {
   main_events_.clear();
   worker_events_.clear();
+  cos_sum_.assign(n_layers_, 0.0);
+  cos_count_.assign(n_layers_, 0);
   AttentionStats fresh;
   fresh.policy = stats_.policy;
   fresh.window = stats_.window;

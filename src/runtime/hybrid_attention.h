@@ -91,6 +91,11 @@ struct HybridConfig {
   // an error naming the layer (a stalled CPU stage is an error, not a hang) and the runtime
   // refuses further steps (the engine must be reloaded).
   double stall_timeout_s = 60;
+  // Speculation where it is measured to work: after this many decode steps, layers whose
+  // speculated query's mean cosine similarity to the true query is below speculation_min_cosine
+  // switch to the true query (their CPU stage runs synchronously). 0 steps: never switch.
+  int speculation_warmup_steps = 4;
+  double speculation_min_cosine = 0.9;
   uint64_t device_memory_bytes = 0;  // window budget over all sequences and layers; 0: none
   // Fault injection and tests: called by the CPU stage before each layer's work (may sleep or
   // throw). Unset in normal runs.
@@ -194,6 +199,10 @@ class HybridAttention final : public AttentionRunner {
   int step_min_off_ = 0;
   AttentionStats stats_;
   double k_sum_ = 0;
+  std::vector<double> cos_sum_;     // [n_layers] speculated vs true query, summed over heads
+  std::vector<int64_t> cos_count_;  // [n_layers]
+  std::vector<uint8_t> exact_layer_;  // [n_layers] 1: the true query (measured speculation poor)
+  int64_t spec_steps_ = 0;
   // Trace: the device stage's events and the worker's, kept apart (no locking on the hot path).
   double epoch_ = 0, layer_t0_ = 0;
   std::vector<StageEvent> main_events_, worker_events_;
