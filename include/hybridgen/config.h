@@ -60,6 +60,10 @@ struct AttentionOptions {
   // the CPU stage one layer ahead, overlapped with the device stage. false: the CPU stage waits
   // for the true query (synchronous; exact).
   bool speculative = true;
+  // Speculation where it is measured to work: after a 4-step warm-up, layers whose speculated
+  // query has a mean cosine similarity to the true query below this use the true query
+  // (synchronous CPU stage). 0: speculate everywhere (the paper); 1: effectively exact.
+  double speculation_min_cosine = 0.9;
   // Threads of the CPU stage's worker pool; 0: half of the threads (at least 1).
   int cpu_threads = 0;
   // A model profile written by hybridgen-eval --profile-out (JSON with "k_min"): its K_min

@@ -163,6 +163,10 @@ HybridConfig resolve_attention_options(const AttentionOptions& o, int n_ctx, int
   HG_CHECK(o.device_memory_mb >= 0, "--gpu-memory-mb must be >= 0");
   c.device_memory_bytes = static_cast<uint64_t>(o.device_memory_mb * 1e6);
   c.speculative = o.speculative;
+  HG_CHECK(o.speculation_min_cosine >= 0 && o.speculation_min_cosine <= 1,
+           "--spec-min-cosine must be in [0, 1], got " +
+               std::to_string(o.speculation_min_cosine));
+  c.speculation_min_cosine = o.speculation_min_cosine;
   c.cpu_threads = o.cpu_threads > 0 ? o.cpu_threads : std::max(1, n_threads / 2);
   c.partial_dims = std::max(1, head_dim / 4);
   return c;

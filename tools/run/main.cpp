@@ -114,6 +114,10 @@ int main(int argc, char** argv) {
   app.add_option("--gpu-memory-mb", a.device_memory_mb,
                  "device memory the KV window may take (0: no limit)");
   app.add_option("--profile", a.profile, "model profile from hybridgen-eval (sets K_min)");
+  app.add_option("--spec-min-cosine", a.speculation_min_cosine,
+                 "layers whose speculated query is less similar than this to the true one "
+                 "(measured over 4 steps) use the true query; 0: speculate everywhere")
+      ->capture_default_str();
   app.add_option("--cpu-threads", a.cpu_threads, "threads of the CPU stage (0: half of -t)")
       ->capture_default_str();
   app.add_flag(
