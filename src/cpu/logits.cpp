@@ -27,7 +27,7 @@ constexpr int kTokenBlock = 256;
 // L2-resident, so memory still sees each key once.
 constexpr int kMaxPassGroup = 8;
 // Software prefetch distance of the bf16 kernel, in tokens (16 tokens × 256 B = 4 KiB ahead).
-constexpr int kPrefetchTokens = 16;
+constexpr int kPrefetchTokens = 48;
 
 // Everything the block kernels need, prepared once per call.
 struct Ctx {
