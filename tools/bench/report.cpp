@@ -15,6 +15,11 @@ MeanSd mean_sd(const std::vector<double>& v) {
   if (v.empty()) return m;
   for (double x : v) m.mean += x;
   m.mean /= v.size();
+  std::vector<double> sorted = v;
+  std::sort(sorted.begin(), sorted.end());
+  m.min = sorted.front();
+  m.median = sorted.size() % 2 ? sorted[sorted.size() / 2]
+                               : (sorted[sorted.size() / 2 - 1] + sorted[sorted.size() / 2]) / 2;
   if (v.size() > 1) {
     double ss = 0;
     for (double x : v) ss += (x - m.mean) * (x - m.mean);
@@ -64,7 +69,7 @@ std::string csv_num(double v, bool valid) { return valid ? fmt("%.6g", v) : ""; 
 
 nlohmann::ordered_json json_msd(const MeanSd& m) {
   if (m.n == 0) return nullptr;
-  return {{"mean", m.mean}, {"sd", m.sd}, {"n", m.n}};
+  return {{"mean", m.mean}, {"sd", m.sd}, {"min", m.min}, {"median", m.median}, {"n", m.n}};
 }
 
 }  // namespace

@@ -39,8 +39,9 @@ struct RunContext {
 };
 
 struct MeanSd {
-  double mean = 0, sd = 0;  // sd: sample standard deviation (0 for one repetition)
-  int n = 0;                // values (repetitions that had them)
+  double mean = 0, sd = 0;     // sd: sample standard deviation (0 for one repetition)
+  double min = 0, median = 0;  // in the JSON: robust to another process's burst on a shared box
+  int n = 0;                   // values (repetitions that had them)
 };
 
 struct Summary {
