@@ -149,8 +149,14 @@ int main(int argc, char** argv) {
     check(st.passes_post_qkt > 0 && st.passes_pre_qkt > 0,
           "the scheduler never used both Post- and Pre-QKT");
     check(requests < 2 || switches >= 2, "fewer than 2 switches to Pre-QKT");
+#if defined(__SANITIZE_ADDRESS__)
+    // AddressSanitizer keeps freed memory in its quarantine (256 MB by default), so resident
+    // memory grows by design there; LeakSanitizer checks leaks at exit instead.
+    std::printf("soak: resident-memory check skipped under AddressSanitizer (quarantine)\n");
+#else
     check(rss_end - rss_warm <= long(rss_slack_mb * 1024),
           "resident memory grew after warm-up by " + std::to_string(rss_end - rss_warm) + " KB");
+#endif
     tf.set_attention_runner(nullptr);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "soak: error: %s\n", e.what());
