@@ -43,34 +43,34 @@ struct GenerationStats {
 // What the hybrid runtime did since load (or the last reset_attention_stats). All zero for
 // policy `full`. Times are sums over decode steps, in seconds.
 struct AttentionStats {
-  std::string policy;             // as given to load
-  int window = 0;                 // effective device window per sequence and layer (tokens)
-  int64_t decode_steps = 0;       // forward steps that took the split (selective) path
-  int64_t layer_passes = 0;       // (step, layer, sequence) attention passes on that path
-  int64_t passes_all = 0;         // of those: every offloaded token used (none or <= K)
-  int64_t passes_post_qkt = 0;    // Post-QKT: logits of all offloaded keys, then top-K
-  int64_t passes_pre_qkt = 0;     // Pre-QKT: K predicted first, logits of those only
-  double mean_k = 0;              // mean offloaded tokens used per KV head and pass
-  int k_now = 0;                  // the scheduler's current K (hybrid) or the fixed K
-  std::string mode_now;           // the scheduler's current mode ("post-qkt" / "pre-qkt")
-  double t_device = 0;            // device stage (everything but the CPU stage and its waits)
-  double t_cpu = 0;               // CPU stage: query, logits and selection
-  double t_tx = 0;                // V gather into staging (+ host-to-device copy on a GPU)
-  double t_wait = 0;              // device stage blocked waiting for the CPU stage
+  std::string policy;           // as given to load
+  int window = 0;               // effective device window per sequence and layer (tokens)
+  int64_t decode_steps = 0;     // forward steps that took the split (selective) path
+  int64_t layer_passes = 0;     // (step, layer, sequence) attention passes on that path
+  int64_t passes_all = 0;       // of those: every offloaded token used (none or <= K)
+  int64_t passes_post_qkt = 0;  // Post-QKT: logits of all offloaded keys, then top-K
+  int64_t passes_pre_qkt = 0;   // Pre-QKT: K predicted first, logits of those only
+  double mean_k = 0;            // mean offloaded tokens used per KV head and pass
+  int k_now = 0;                // the scheduler's current K (hybrid) or the fixed K
+  std::string mode_now;         // the scheduler's current mode ("post-qkt" / "pre-qkt")
+  double t_device = 0;          // device stage (everything but the CPU stage and its waits)
+  double t_cpu = 0;             // CPU stage: query, logits and selection
+  double t_tx = 0;              // V gather into staging (+ host-to-device copy on a GPU)
+  double t_wait = 0;            // device stage blocked waiting for the CPU stage
   // Speculation's quality: mean cosine similarity between the CPU stage's speculated query and
   // the true one, over query heads, sequences and layers >= 1 (layer 0's is exact); and the
   // same for layer 1 alone. 0 when the query is exact.
   double speculation_cosine = 0;
   std::vector<double> speculation_cosine_per_layer;  // [n_layers]; index 0 is exact (1)
-  uint64_t key_bytes_read = 0;    // offloaded key bytes the CPU stage read
-  uint64_t value_bytes_moved = 0; // offloaded V bytes gathered for the device
+  uint64_t key_bytes_read = 0;                       // offloaded key bytes the CPU stage read
+  uint64_t value_bytes_moved = 0;                    // offloaded V bytes gathered for the device
   // Memory, bytes (used = tokens held; reserved = allocated). K and V apart.
   uint64_t window_used = 0, window_reserved = 0;
   uint64_t key_store_used = 0, key_store_reserved = 0;
   uint64_t value_store_used = 0, value_store_reserved = 0;
-  uint64_t staging_bytes = 0;     // V staging + CPU-logits buffers, all pipeline slots
-  std::string allocator;          // host allocator of the stores
-  std::string placement;          // NUMA allocators: bytes per node and role, from the kernel
+  uint64_t staging_bytes = 0;  // V staging + CPU-logits buffers, all pipeline slots
+  std::string allocator;       // host allocator of the stores
+  std::string placement;       // NUMA allocators: bytes per node and role, from the kernel
   std::vector<std::string> scheduler_trace;  // the last decisions of Algorithm 1
 };
 

@@ -115,8 +115,8 @@ void Linear::forward(const float* x, float* y, int m) const {
 }
 
 void Linear::forward_rows(const float* x, float* y, int m, int n_rows) const {
-  HG_CHECK(n_rows > 0 && n_rows <= out_, "Linear::forward_rows: " + std::to_string(n_rows) +
-                                             " rows of " + std::to_string(out_));
+  HG_CHECK(n_rows > 0 && n_rows <= out_,
+           "Linear::forward_rows: " + std::to_string(n_rows) + " rows of " + std::to_string(out_));
   if (n_rows == out_) return forward(x, y, m);
   const float* bias = has_bias() ? bias_.data() : nullptr;
   if (m <= kGemvMaxRows) {  // weights are [out, in] row-major: the first rows are contiguous
@@ -131,8 +131,7 @@ void Linear::forward_rows(const float* x, float* y, int m, int n_rows) const {
   }
   std::vector<float> full(static_cast<size_t>(m) * out_);  // [m, out]
   forward(x, full.data(), m);
-  for (int r = 0; r < m; ++r)
-    std::copy_n(&full[size_t(r) * out_], n_rows, y + size_t(r) * n_rows);
+  for (int r = 0; r < m; ++r) std::copy_n(&full[size_t(r) * out_], n_rows, y + size_t(r) * n_rows);
 }
 
 Linear concat_rows(int in_features, std::vector<std::vector<float>> weights,

@@ -44,8 +44,7 @@ std::string format_attention_stats(const AttentionStats& s, bool verbose) {
                 mb(s.staging_bytes).c_str(), s.allocator.c_str());
   out += line;
   if (s.speculation_cosine > 0) {
-    std::snprintf(line, sizeof line,
-                  "  speculated query vs true: mean cosine %.4f (layers >= 1)\n",
+    std::snprintf(line, sizeof line, "  speculated query vs true: mean cosine %.4f (layers >= 1)\n",
                   s.speculation_cosine);
     out += line;
     if (verbose) {

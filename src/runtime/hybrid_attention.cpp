@@ -164,8 +164,7 @@ HybridConfig resolve_attention_options(const AttentionOptions& o, int n_ctx, int
   c.device_memory_bytes = static_cast<uint64_t>(o.device_memory_mb * 1e6);
   c.speculative = o.speculative;
   HG_CHECK(o.speculation_min_cosine >= 0 && o.speculation_min_cosine <= 1,
-           "--spec-min-cosine must be in [0, 1], got " +
-               std::to_string(o.speculation_min_cosine));
+           "--spec-min-cosine must be in [0, 1], got " + std::to_string(o.speculation_min_cosine));
   c.speculation_min_cosine = o.speculation_min_cosine;
   c.cpu_threads = o.cpu_threads > 0 ? o.cpu_threads : std::max(1, n_threads / 2);
   c.partial_dims = std::max(1, head_dim / 4);
@@ -829,9 +828,10 @@ void HybridAttention::end_step() {
         exact += " " + std::to_string(l);
       }
     if (!exact.empty())
-      log().info("hybrid attention: speculated query below cosine {:.2f} of the true one at "
-                 "layer(s){}: those use the true query (synchronous CPU stage)",
-                 cfg_.speculation_min_cosine, exact);
+      log().info(
+          "hybrid attention: speculated query below cosine {:.2f} of the true one at "
+          "layer(s){}: those use the true query (synchronous CPU stage)",
+          cfg_.speculation_min_cosine, exact);
   }
   if (scheduler_ && split_path_ && step_min_off_ != std::numeric_limits<int>::max() &&
       step_min_off_ >= cfg_.k_min)

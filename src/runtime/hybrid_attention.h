@@ -199,8 +199,8 @@ class HybridAttention final : public AttentionRunner {
   int step_min_off_ = 0;
   AttentionStats stats_;
   double k_sum_ = 0;
-  std::vector<double> cos_sum_;     // [n_layers] speculated vs true query, summed over heads
-  std::vector<int64_t> cos_count_;  // [n_layers]
+  std::vector<double> cos_sum_;       // [n_layers] speculated vs true query, summed over heads
+  std::vector<int64_t> cos_count_;    // [n_layers]
   std::vector<uint8_t> exact_layer_;  // [n_layers] 1: the true query (measured speculation poor)
   int64_t spec_steps_ = 0;
   // Trace: the device stage's events and the worker's, kept apart (no locking on the hot path).

@@ -490,7 +490,8 @@ TEST(NumaTwoNodes, ValuesOnTheSlowNodeKeysOnTheFastNode) {
 TEST(NumaTieredKv, KeyStoreFastValueStoreSlow) {
   const TwoTiers t = real_two_tiers();
   const bool two = t.fast >= 0 && t.slow >= 0;
-  TierConfig c = two ? TierConfig{} : same_node_tiers(Policy::kSemantic, discover_topology().local_node);
+  TierConfig c =
+      two ? TierConfig{} : same_node_tiers(Policy::kSemantic, discover_topology().local_node);
   if (two) {
     c.fast_nodes = {t.fast};
     c.slow_nodes = {t.slow};
