@@ -120,6 +120,8 @@ hgeval::RunConfig reference_config() {
 void add_stats(Json& row, const hybridgen::Engine& e) {
   const hybridgen::AttentionStats s = e.attention_stats();
   row["mean_k"] = s.decode_steps > 0 ? Json(s.mean_k) : Json(nullptr);
+  // How close the speculated query came to the true one (0: not measured, e.g. --exact-query).
+  row["spec_cosine"] = s.speculation_cosine != 0 ? Json(s.speculation_cosine) : Json(nullptr);
 }
 
 void emit(const Options& o, const std::string& mode, const Json& settings,
@@ -145,6 +147,7 @@ Json base_settings(const Options& o) {
   s["policies"] = o.policies;
   s["window"] = resolved_window(o);
   s["speculative_query"] = !o.exact_query;
+  s["spec_min_cosine"] = o.load.attention.speculation_min_cosine;
   s["predictor"] = o.load.attention.predictor;
   s["threads"] = o.load.n_threads;
   return s;
@@ -237,6 +240,7 @@ int run_teacher_forced(Options& o, const std::string& mode) {
     r["top1"] = 1.0;
     if (with_gen) r["gen_agree"] = o.gen;
     r["mean_k"] = nullptr;
+    r["spec_cosine"] = nullptr;
     r["seconds"] = seconds_since(t0);
     rows.push_back(r);
     note(o, "[0/" + std::to_string(configs.size()) + "] full (reference): ppl " +
@@ -285,6 +289,7 @@ int run_teacher_forced(Options& o, const std::string& mode) {
   if (with_gen)
     cols.push_back({"gen_agree", "greedy agree (of " + std::to_string(o.gen) + ")", ""});
   cols.push_back({"mean_k", "mean K", "%.1f"});
+  cols.push_back({"spec_cosine", "spec cos", "%.3f"});
   cols.push_back({"seconds", "s", "%.1f"});
 
   if (mode == "profile") {
@@ -664,6 +669,10 @@ void add_common(CLI::App* app, Options& o) {
       ->capture_default_str();
   app->add_flag("--exact-query", o.exact_query,
                 "the CPU stage uses the true query (no speculation)");
+  app->add_option("--spec-min-cosine", o.load.attention.speculation_min_cosine,
+                  "layers whose speculated query's measured cosine to the true one is below this "
+                  "use the true query (0: speculate at every layer, as the paper)")
+      ->capture_default_str();
   app->add_option("--cpu-threads", o.load.attention.cpu_threads,
                   "threads of the CPU stage (0: half of -t)")
       ->capture_default_str();
