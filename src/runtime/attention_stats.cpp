@@ -43,7 +43,7 @@ std::string format_attention_stats(const AttentionStats& s, bool verbose) {
                 mb(s.value_store_used).c_str(), mb(s.value_store_reserved).c_str(),
                 mb(s.staging_bytes).c_str(), s.allocator.c_str());
   out += line;
-  if (s.speculation_cosine > 0) {
+  if (s.speculation_cosine != 0) {  // may be negative: 0 means no speculation
     std::snprintf(line, sizeof line, "  speculated query vs true: mean cosine %.4f (layers >= 1)\n",
                   s.speculation_cosine);
     out += line;
