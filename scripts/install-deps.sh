@@ -4,8 +4,11 @@
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
-pkgs=(cmake ninja-build g++ pkg-config
-      libdnnl-dev libnuma-dev libspdlog-dev libfmt-dev libcli11-dev
+# ocl-icd-opencl-dev + opencl-headers: libdnnl-dev's CMake config (dnnl-config.cmake) calls
+# find_package(OpenCL) REQUIRED, but the Debian package only *recommends* them, and a bare root
+# installed with --no-install-recommends lacks them. ca-certificates: pip over HTTPS.
+pkgs=(cmake ninja-build g++ pkg-config ca-certificates
+      libdnnl-dev ocl-icd-opencl-dev opencl-headers libnuma-dev libspdlog-dev libfmt-dev libcli11-dev
       libgtest-dev googletest libbenchmark-dev nlohmann-json3-dev libpcre2-dev
       python3
       clang libclang-rt-14-dev libomp-dev llvm)  # clang + runtimes: the libFuzzer harnesses
