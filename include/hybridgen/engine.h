@@ -24,6 +24,10 @@ struct ModelInfo {
   uint64_t weight_bytes = 0;  // as held by the backend
   std::string weight_format;  // "f32" or "bf16"
   uint64_t kv_bytes_per_token = 0;
+  // The CPU instruction set the CPU kernels use ("portable", "avx2", "avx512", "avx512bf16":
+  // detected at run time, capped by HYBRIDGEN_CPU_ISA), and one line per hot op naming its path.
+  std::string cpu_isa;
+  std::string cpu_dispatch;
 };
 
 struct GenerationStats {

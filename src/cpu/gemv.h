@@ -4,6 +4,8 @@
 #pragma once
 #include <cstdint>
 
+#include "cpu/isa.h"
+
 namespace hybridgen::cpu {
 
 // Largest m the GEMV path takes; larger batches go to oneDNN's matmul.
@@ -17,5 +19,19 @@ void gemv_f32(const float* w, const float* x, const float* bias, float* y, int m
 //   w: [out, in] bf16;  x: [m, in] bf16
 void gemv_bf16(const uint16_t* w, const uint16_t* x, const float* bias, float* y, int m, int out,
                int in);
+
+// The level each takes on this machine (active_isa(); bf16 weights use the AVX-512 BF16 dot
+// product only at avx512bf16, and widen to float32 below it).
+Isa gemv_f32_isa();
+Isa gemv_bf16_isa();
+// The same products on an explicit level, for tests. PRECOND: isa <= detected_isa().
+//   avx512bf16: VDPBF16PS (bf16 × bf16 products, exact in float32)
+//   avx512, avx2: bf16 widened to float32 (exact), FMA in float32
+//   portable: scalar loops. Every level computes the same products; only the order of the
+//   float32 sums differs.
+void gemv_f32_on(Isa isa, const float* w, const float* x, const float* bias, float* y, int m,
+                 int out, int in);
+void gemv_bf16_on(Isa isa, const uint16_t* w, const uint16_t* x, const float* bias, float* y,
+                  int m, int out, int in);
 
 }  // namespace hybridgen::cpu

@@ -1,10 +1,13 @@
 #include "cpu/linear.h"
 
+#include <algorithm>
 #include <dnnl.hpp>
 #include <mutex>
 #include <unordered_map>
 
 #include "cpu/gemv.h"
+#include "cpu/isa.h"
+#include "cpu/vec.h"
 #include "model/dequant.h"
 #include "util/check.h"
 
@@ -12,12 +15,34 @@ namespace hybridgen::cpu {
 
 namespace {
 // One oneDNN CPU engine per process: it is stateless apart from the primitive cache, and
-// primitives created on it are cached per Linear below.
+// primitives created on it are cached per Linear below. active_isa() first: it applies the
+// HYBRIDGEN_CPU_ISA cap to oneDNN, which must precede any primitive.
 dnnl::engine& cpu_engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  static dnnl::engine engine = [] {
+    (void)active_isa();
+    return dnnl::engine(dnnl::engine::kind::cpu, 0);
+  }();
   return engine;
 }
+
+// Rows of a bf16 weight converted to float32 at a time when oneDNN cannot multiply bf16:
+// 512 rows × 4096 inputs × 4 B = 8 MiB of panel at most, reused for every panel.
+constexpr int kPanelRows = 512;
+
+// A oneDNN failure as the user should read it: the operation, its shapes, the CPU and the way
+// out — never oneDNN's bare message.
+[[noreturn]] void fail_matmul(const dnnl::error& e, int m, int in, int out, WeightType type) {
+  fail(std::string("CPU matmul [") + std::to_string(m) + " x " + std::to_string(in) + "] x [" +
+       std::to_string(in) + " x " + std::to_string(out) + "] with " +
+       (type == WeightType::kBF16 ? "bf16" : "f32") + " weights failed in oneDNN (" + e.what() +
+       ", status " + std::to_string(static_cast<int>(e.status)) + ") on a CPU with " +
+       cpu_features() + " (kernels at " + isa_name(active_isa()) + ")" +
+       (type == WeightType::kBF16 ? "; --weight-format f32 avoids bf16 GEMMs" : "") +
+       (isa_capped() ? "; HYBRIDGEN_CPU_ISA is set, unset it to use the whole CPU" : ""));
+}
 }  // namespace
+
+bool linear_bf16_uses_f32_panels() { return !isa_enabled(Isa::kAvx512); }
 
 struct Linear::Impl {
   std::mutex mu;
@@ -33,9 +58,11 @@ Linear::Linear(int out, int in, std::vector<float> weight, std::vector<float> bi
     weight_f32_ = std::move(weight);
   } else {
     weight_bf16_.resize(weight.size());
+    const VecKernels& vk = vec_kernels();
+    const int64_t n = static_cast<int64_t>(weight.size()), block = 1 << 16;
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < static_cast<int64_t>(weight.size()); ++i)
-      weight_bf16_[i] = f32_to_bf16(weight[i]);
+    for (int64_t i = 0; i < n; i += block)
+      vk.to_bf16(weight.data() + i, weight_bf16_.data() + i, std::min(block, n - i));
   }
 }
 
@@ -63,11 +90,47 @@ void Linear::forward(const float* x, float* y, int m) const {
       gemv_f32(weight_f32_.data(), x, bias, y, m, out_, in_);
     } else {
       std::vector<uint16_t> x_bf16(static_cast<size_t>(m) * in_);
-      for (size_t i = 0; i < x_bf16.size(); ++i) x_bf16[i] = f32_to_bf16(x[i]);
+      vec_kernels().to_bf16(x, x_bf16.data(), static_cast<int64_t>(x_bf16.size()));
       gemv_bf16(weight_bf16_.data(), x_bf16.data(), bias, y, m, out_, in_);
     }
     return;
   }
+  if (type_ == WeightType::kBF16 && linear_bf16_uses_f32_panels()) return forward_f32_panels(x, y, m);
+  try {
+    forward_onednn(x, y, m);
+  } catch (const dnnl::error& e) {
+    fail_matmul(e, m, in_, out_, type_);
+  }
+}
+
+// bf16 weights where oneDNN has no bf16 matmul (below AVX-512): convert kPanelRows weight rows
+// at a time to float32 and multiply with oneDNN's f32 GEMM. The conversion reads each weight
+// once per call (amortised over m rows), so at prefill sizes it costs a few percent over f32
+// weights (docs/benchmarks.md) while the weights stay half the memory.
+void Linear::forward_f32_panels(const float* x, float* y, int m) const {
+  const VecKernels& vk = vec_kernels();
+  const int rows = std::min(kPanelRows, out_);
+  std::vector<float> panel(static_cast<size_t>(rows) * in_);  // [rows, in]
+  for (int n0 = 0; n0 < out_; n0 += rows) {
+    const int np = std::min(rows, out_ - n0);
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < np; ++r)
+      vk.from_bf16(weight_bf16_.data() + static_cast<size_t>(n0 + r) * in_,
+                   panel.data() + static_cast<size_t>(r) * in_, in_);
+    // y[:, n0:n0+np] = x [m, in] · panelᵀ  (row-major; ldc = out)
+    const dnnl::status st = dnnl::sgemm('N', 'T', m, np, in_, 1.f, x, in_, panel.data(), in_,
+                                        0.f, y + n0, out_);
+    if (st != dnnl::status::success)
+      fail_matmul(dnnl::error(static_cast<dnnl_status_t>(st), "dnnl_sgemm"), m, in_, out_, type_);
+  }
+  if (has_bias()) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < m; ++r)
+      for (int o = 0; o < out_; ++o) y[static_cast<size_t>(r) * out_ + o] += bias_[o];
+  }
+}
+
+void Linear::forward_onednn(const float* x, float* y, int m) const {
   using dnnl::memory;
   using tag = memory::format_tag;
   const memory::data_type wdt =
@@ -98,8 +161,11 @@ void Linear::forward(const float* x, float* y, int m) const {
   void* w_ptr = const_cast<float*>(weight_f32_.data());
   if (type_ == WeightType::kBF16) {
     x_bf16.resize(static_cast<size_t>(m) * in_);
-#pragma omp parallel for schedule(static) if (x_bf16.size() > 65536)
-    for (int64_t i = 0; i < static_cast<int64_t>(x_bf16.size()); ++i) x_bf16[i] = f32_to_bf16(x[i]);
+    const VecKernels& vk = vec_kernels();
+    const int64_t n = static_cast<int64_t>(x_bf16.size()), block = 1 << 14;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; i += block)
+      vk.to_bf16(x + i, x_bf16.data() + i, std::min(block, n - i));
     src_ptr = x_bf16.data();
     w_ptr = const_cast<uint16_t*>(weight_bf16_.data());
   }
@@ -124,7 +190,7 @@ void Linear::forward_rows(const float* x, float* y, int m, int n_rows) const {
       gemv_f32(weight_f32_.data(), x, bias, y, m, n_rows, in_);
     } else {
       std::vector<uint16_t> x_bf16(static_cast<size_t>(m) * in_);
-      for (size_t i = 0; i < x_bf16.size(); ++i) x_bf16[i] = f32_to_bf16(x[i]);
+      vec_kernels().to_bf16(x, x_bf16.data(), static_cast<int64_t>(x_bf16.size()));
       gemv_bf16(weight_bf16_.data(), x_bf16.data(), bias, y, m, n_rows, in_);
     }
     return;

@@ -39,6 +39,8 @@ class Linear {
 
  private:
   struct Impl;
+  void forward_onednn(const float* x, float* y, int m) const;
+  void forward_f32_panels(const float* x, float* y, int m) const;
   int out_ = 0, in_ = 0;
   WeightType type_ = WeightType::kF32;
   std::vector<float> weight_f32_;      // [out, in] when type_ == kF32
@@ -46,6 +48,10 @@ class Linear {
   std::vector<float> bias_;            // [out]
   std::unique_ptr<Impl> impl_;         // cached oneDNN primitives, keyed by m
 };
+
+// Whether bf16 weights go through float32 panels in the prefill GEMM on this machine (oneDNN
+// 2.6 multiplies bf16 only from AVX-512 on; below it Linear converts panels of weight rows).
+bool linear_bf16_uses_f32_panels();
 
 // Fuses several projections that read the same input into one GEMM (Q|K|V, gate|up): rows are
 // concatenated in the order given.

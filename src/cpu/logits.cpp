@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/isa.h"
 #include "model/dequant.h"
 #include "util/check.h"
 
@@ -29,12 +30,16 @@ constexpr int kMaxPassGroup = 8;
 // Software prefetch distance of the bf16 kernel, in tokens (16 tokens × 256 B = 4 KiB ahead).
 constexpr int kPrefetchTokens = 48;
 
+// Query heads per pass on the AVX2 path: two float32 accumulators per head (16 ymm in all).
+constexpr int kMaxPassGroupAvx2 = 4;
+
 // Everything the block kernels need, prepared once per call.
 struct Ctx {
   const LogitsProblem* p;
   int qpad;             // padded query row length: a multiple of 32 elements
   const float* qf;      // [n_q_heads, qpad] float query, zero padded past head_dim
   const uint16_t* qbf;  // [n_q_heads, qpad] bf16-rounded query (bf16 path only), zero padded
+  const float* qperm;   // [n_q_heads, qpad] qf permuted for the AVX2 bf16 unpack (AVX2 + bf16)
 };
 
 // Element offset of token t of KV head h in the key store.
@@ -209,6 +214,117 @@ HG_AVX512BF16 void block_bf16dp(const Ctx& c, int h, int t0, int t1, int j0, int
   }
 }
 
+// ---- AVX2 path -------------------------------------------------------------------------------
+#define HG_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+// Sums of 8 accumulators at once: tmp holds 8 rows of 8 lanes; lane s of the result is the sum
+// of row s (a hadd tree: 6 hadds, 2 lane swaps, 1 add for 8 sums).
+HG_AVX2 inline __m256 reduce8(const float* tmp) {
+  const __m256 t0 = _mm256_hadd_ps(_mm256_load_ps(tmp), _mm256_load_ps(tmp + 8));
+  const __m256 t1 = _mm256_hadd_ps(_mm256_load_ps(tmp + 16), _mm256_load_ps(tmp + 24));
+  const __m256 t2 = _mm256_hadd_ps(_mm256_load_ps(tmp + 32), _mm256_load_ps(tmp + 40));
+  const __m256 t3 = _mm256_hadd_ps(_mm256_load_ps(tmp + 48), _mm256_load_ps(tmp + 56));
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// 8 key elements widened to float32 (natural order).
+template <KeyDType T>
+HG_AVX2 inline __m256 load8(const void* base, int64_t off) {
+  if constexpr (T == KeyDType::kF32) {
+    return _mm256_loadu_ps(static_cast<const float*>(base) + off);
+  } else {
+    const __m128i h =
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + off));
+    if constexpr (T == KeyDType::kF16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+}
+
+// AVX2: any key type, float32 query, FMA in float32, two accumulator chains per query head.
+// bf16 keys: 16 at a time become two float32 vectors by interleaving zeros below them
+// (unpacklo/hi_epi16), whose lane order the permuted query (c.qperm) matches; the rest of a
+// head_dim that is not a multiple of 16 goes 8 at a time, then scalar.
+template <KeyDType T, int G>
+HG_AVX2 void block_avx2(const Ctx& c, int h, int t0, int t1, int j0, int /*gs == G*/) {
+  const LogitsProblem& p = *c.p;
+  const int d = p.head_dim;
+  constexpr int kWide = T == KeyDType::kBF16 ? 16 : 8;  // elements per step of the main loop
+  const int d_main = d / kWide * kWide, d8 = d / 8 * 8;
+  const int64_t qoff = static_cast<int64_t>(h * p.group + j0) * c.qpad;
+  const float* q = (T == KeyDType::kBF16 ? c.qperm : c.qf) + qoff;  // [G, qpad]
+  const bool prefetch = !p.token_index && p.keys.token_stride == d;
+  alignas(32) float tmp[G][64];  // [G, 8 tokens, 8 lanes]
+  float tail[G][8];              // scalar tails past d8, per head and token
+  for (int t = t0; t < t1; t += 8) {
+    const int nb = std::min(8, t1 - t);
+    for (int s = 0; s < nb; ++s) {
+      const int64_t off = key_offset(p, h, t + s);
+      if (prefetch)
+        for (int i = 0; i < d * key_dtype_bytes(T); i += 64)
+          _mm_prefetch(static_cast<const char*>(p.keys.data) +
+                           (off + static_cast<int64_t>(kPrefetchTokens) * d) * key_dtype_bytes(T) + i,
+                       _MM_HINT_T0);
+      __m256 a[G], b[G];
+      for (int j = 0; j < G; ++j) a[j] = b[j] = _mm256_setzero_ps();
+      int i = 0;
+      if constexpr (T == KeyDType::kBF16) {
+        const uint16_t* k = static_cast<const uint16_t*>(p.keys.data) + off;
+        const __m256i zero = _mm256_setzero_si256();
+        for (; i < d_main; i += 16) {
+          const __m256i kv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(k + i));
+          const __m256 lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, kv));
+          const __m256 hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, kv));
+          for (int j = 0; j < G; ++j) {
+            a[j] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(q + j * c.qpad + i), a[j]);
+            b[j] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(q + j * c.qpad + i + 8), b[j]);
+          }
+        }
+      } else {
+        for (; i + 16 <= d; i += 16) {
+          const __m256 k0 = load8<T>(p.keys.data, off + i), k1 = load8<T>(p.keys.data, off + i + 8);
+          for (int j = 0; j < G; ++j) {
+            a[j] = _mm256_fmadd_ps(k0, _mm256_loadu_ps(q + j * c.qpad + i), a[j]);
+            b[j] = _mm256_fmadd_ps(k1, _mm256_loadu_ps(q + j * c.qpad + i + 8), b[j]);
+          }
+        }
+      }
+      for (; i < d8; i += 8) {  // past the permuted blocks the query is in natural order
+        const __m256 k0 = load8<T>(p.keys.data, off + i);
+        for (int j = 0; j < G; ++j)
+          a[j] = _mm256_fmadd_ps(k0, _mm256_loadu_ps(q + j * c.qpad + i), a[j]);
+      }
+      for (int j = 0; j < G; ++j) {
+        _mm256_store_ps(tmp[j] + 8 * s, _mm256_add_ps(a[j], b[j]));
+        float sum = 0.f;
+        for (int e = d8; e < d; ++e) sum += q[j * c.qpad + e] * key_at(T, p.keys.data, off + e);
+        tail[j][s] = sum;
+      }
+    }
+    for (int j = 0; j < G; ++j) {
+      float* out = p.out + (h * p.group + j0 + j) * p.out_head_stride + t;
+      alignas(32) float sums[8];
+      if (nb < 8)
+        for (int s = nb; s < 8; ++s) _mm256_store_ps(tmp[j] + 8 * s, _mm256_setzero_ps());
+      _mm256_store_ps(sums, reduce8(tmp[j]));
+      for (int s = 0; s < nb; ++s) out[s] = (sums[s] + tail[j][s]) * p.scale;
+    }
+  }
+}
+
+template <int G>
+BlockFn avx2_fn(KeyDType t) {
+  switch (t) {
+    case KeyDType::kF32:
+      return &block_avx2<KeyDType::kF32, G>;
+    case KeyDType::kF16:
+      return &block_avx2<KeyDType::kF16, G>;
+    case KeyDType::kBF16:
+      return &block_avx2<KeyDType::kBF16, G>;
+  }
+  return nullptr;
+}
+
 template <int G>
 BlockFn simd_fn(LogitsPath path, KeyDType t, int head_dim) {
   if (path == LogitsPath::kAvx512Bf16) {
@@ -230,6 +346,19 @@ BlockFn simd_fn(LogitsPath path, KeyDType t, int head_dim) {
 
 BlockFn block_fn(LogitsPath path, KeyDType t, int d, int gs) {
   if (path == LogitsPath::kPortable) return &block_portable;
+  if (path == LogitsPath::kAvx2) {
+    switch (gs) {
+      case 1:
+        return avx2_fn<1>(t);
+      case 2:
+        return avx2_fn<2>(t);
+      case 3:
+        return avx2_fn<3>(t);
+      case 4:
+        return avx2_fn<4>(t);
+    }
+    return nullptr;
+  }
   switch (gs) {
     case 1:
       return simd_fn<1>(path, t, d);
@@ -251,14 +380,31 @@ BlockFn block_fn(LogitsPath path, KeyDType t, int d, int gs) {
   return nullptr;
 }
 
-bool cpu_has_avx512() {
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl");
-  return yes;
+bool cpu_has(Isa isa) { return static_cast<uint8_t>(isa) <= static_cast<uint8_t>(detected_isa()); }
+
+// Query heads one pass over a token block serves on `path`.
+int max_pass_group(LogitsPath path) {
+  return path == LogitsPath::kAvx2 ? kMaxPassGroupAvx2 : kMaxPassGroup;
 }
-bool cpu_has_avx512bf16() {
-  static const bool yes = cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
-  return yes;
+
+// The query permuted per 16 elements for the AVX2 bf16 kernel (as unpacklo/hi_epi16 order the
+// widened keys: per 128-bit lane k, lo holds 8k..8k+3 and hi 8k+4..8k+7); past the last full
+// 16 the query stays in natural order.   qf, qperm: [n_q, qpad]
+void permute_query16(const std::vector<float>& qf, std::vector<float>& qperm, int n_q, int qpad,
+                     int head_dim) {
+  qperm = qf;
+  const int full = head_dim / 16 * 16;
+  for (int qh = 0; qh < n_q; ++qh) {
+    const float* src = qf.data() + static_cast<int64_t>(qh) * qpad;
+    float* dst = qperm.data() + static_cast<int64_t>(qh) * qpad;
+    for (int b = 0; b < full; b += 16)
+      for (int e = 0; e < 4; ++e) {
+        dst[b + e] = src[b + e];
+        dst[b + 4 + e] = src[b + 8 + e];
+        dst[b + 8 + e] = src[b + 4 + e];
+        dst[b + 12 + e] = src[b + 12 + e];
+      }
+  }
 }
 
 }  // namespace
@@ -287,6 +433,8 @@ const char* logits_path_name(LogitsPath p) {
       return "avx512";
     case LogitsPath::kAvx512Bf16:
       return "avx512-bf16";
+    case LogitsPath::kAvx2:
+      return "avx2";
   }
   return "?";
 }
@@ -296,17 +444,21 @@ bool logits_path_supported(LogitsPath p, KeyDType t) {
     case LogitsPath::kAuto:
     case LogitsPath::kPortable:
       return true;
+    case LogitsPath::kAvx2:
+      return cpu_has(Isa::kAvx2);
     case LogitsPath::kAvx512:
-      return cpu_has_avx512();
+      return cpu_has(Isa::kAvx512);
     case LogitsPath::kAvx512Bf16:
-      return t == KeyDType::kBF16 && cpu_has_avx512bf16();
+      return t == KeyDType::kBF16 && cpu_has(Isa::kAvx512Bf16);
   }
   return false;
 }
 
 LogitsPath logits_auto_path(KeyDType t) {
-  if (logits_path_supported(LogitsPath::kAvx512Bf16, t)) return LogitsPath::kAvx512Bf16;
-  if (logits_path_supported(LogitsPath::kAvx512, t)) return LogitsPath::kAvx512;
+  const Isa isa = active_isa();
+  if (isa == Isa::kAvx512Bf16 && t == KeyDType::kBF16) return LogitsPath::kAvx512Bf16;
+  if (isa >= Isa::kAvx512) return LogitsPath::kAvx512;
+  if (isa >= Isa::kAvx2) return LogitsPath::kAvx2;
   return LogitsPath::kPortable;
 }
 
@@ -346,7 +498,11 @@ void attention_logits(const LogitsProblem& p, LogitsPath path) {
     qbf.assign(qf.size(), 0);
     for (size_t i = 0; i < qf.size(); ++i) qbf[i] = f32_to_bf16(qf[i]);
   }
-  const Ctx ctx{&p, qpad, qf.data(), qbf.data()};
+  std::vector<float> qperm;
+  if (path == LogitsPath::kAvx2 && p.keys.dtype == KeyDType::kBF16)
+    permute_query16(qf, qperm, n_q, qpad, p.head_dim);
+  const Ctx ctx{&p, qpad, qf.data(), qbf.data(), qperm.data()};
+  const int pass_group = max_pass_group(path);
 
   const int n_blocks = (p.n_tokens + kTokenBlock - 1) / kTokenBlock;
   const int64_t items = static_cast<int64_t>(p.n_kv_heads) * n_blocks;
@@ -356,8 +512,8 @@ void attention_logits(const LogitsProblem& p, LogitsPath path) {
     const int h = static_cast<int>(it / n_blocks);
     const int t0 = static_cast<int>(it % n_blocks) * kTokenBlock;
     const int t1 = std::min(p.n_tokens, t0 + kTokenBlock);
-    for (int j0 = 0; j0 < p.group; j0 += kMaxPassGroup) {
-      const int gs = std::min(kMaxPassGroup, p.group - j0);
+    for (int j0 = 0; j0 < p.group; j0 += pass_group) {
+      const int gs = std::min(pass_group, p.group - j0);
       block_fn(path, p.keys.dtype, p.head_dim, gs)(ctx, h, t0, t1, j0, gs);
     }
   }

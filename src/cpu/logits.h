@@ -36,11 +36,15 @@ enum class LogitsPath : uint8_t {
   // exact in float32 and are accumulated in float32. The query rounding adds a relative error of
   // at most 2^-9 per query element, i.e. |Δlogit| <= 2^-9 · scale · Σ|q_i·k_i|.
   kAvx512Bf16 = 3,
+  // AVX2 + FMA (+F16C): keys widened to f32 (f16 via vcvtph2ps, bf16 by interleaving zeros
+  // below them, with the query permuted to match), float32 query, FMA into float32.
+  kAvx2 = 4,
 };
 const char* logits_path_name(LogitsPath p);
-// Whether this CPU (and build) can run `p` for keys of type `t`.
+// Whether this CPU (and build) can run `p` for keys of type `t` (what the CPU has, whatever
+// HYBRIDGEN_CPU_ISA says: tests check every path the machine can run).
 bool logits_path_supported(LogitsPath p, KeyDType t);
-// The path kAuto resolves to for keys of type `t` on this CPU.
+// The path kAuto resolves to for keys of type `t` on this CPU, within HYBRIDGEN_CPU_ISA's cap.
 LogitsPath logits_auto_path(KeyDType t);
 
 // Where the keys are. Element (kv head h, token t, dim i) is at

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "cpu/vec.h"
 #include "kv/kv_cache.h"
 
 namespace hybridgen::cpu {
@@ -108,6 +109,7 @@ void attention(const float* q, int n, int n_heads, int head_dim, const int32_t* 
                int window, float* out) {
   const int n_kv_heads = cache.shape().n_kv_heads;
   const int group = n_heads / n_kv_heads;  // query heads per KV head (GQA)
+  const VecKernels& vk = vec_kernels();
 #pragma omp parallel
   {
     std::vector<float> scores;  // [attended positions], per thread
@@ -121,21 +123,12 @@ void attention(const float* q, int n, int n_heads, int head_dim, const int32_t* 
         const float* qh = q + (static_cast<int64_t>(t) * n_heads + h) * head_dim;
         scores.resize(hi - lo + 1);
         for (int p = lo; p <= hi; ++p) {
-          const float* k = view.key(kvh, p);
-          float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-          for (int i = 0; i < head_dim; ++i) dot += qh[i] * k[i];
-          scores[p - lo] = dot * scale;
+          scores[p - lo] = vk.dot(qh, view.key(kvh, p), head_dim) * scale;
         }
         softmax(scores.data(), hi - lo + 1);
         float* o = out + (static_cast<int64_t>(t) * n_heads + h) * head_dim;
         std::fill(o, o + head_dim, 0.f);
-        for (int p = lo; p <= hi; ++p) {
-          const float* v = view.value(kvh, p);
-          const float w = scores[p - lo];
-#pragma omp simd
-          for (int i = 0; i < head_dim; ++i) o[i] += w * v[i];
-        }
+        for (int p = lo; p <= hi; ++p) vk.axpy(scores[p - lo], view.value(kvh, p), o, head_dim);
       }
     }
   }

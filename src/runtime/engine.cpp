@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 
+#include "cpu/isa.h"
 #include "memory/allocator.h"
 #include "memory/numa_allocator.h"
 #include "model/model_loader.h"
@@ -116,6 +117,8 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& o) {
   info.n_params = c.n_params();
   info.weight_bytes = m.weights.bytes();
   info.weight_format = m.weights.lm_head.type() == cpu::WeightType::kBF16 ? "bf16" : "f32";
+  info.cpu_isa = cpu::isa_name(cpu::active_isa());
+  info.cpu_dispatch = cpu::describe_dispatch();
 
   im.tokenizer = std::move(m.tokenizer);
   im.max_sequences = o.max_sequences;

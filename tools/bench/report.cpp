@@ -257,6 +257,7 @@ std::string to_json(const RunContext& ctx, const std::string& command,
                 {"n_params", m.n_params},
                 {"weight_bytes", m.weight_bytes},
                 {"weight_format", m.weight_format},
+                {"cpu_isa", m.cpu_isa},
                 {"kv_bytes_per_token", m.kv_bytes_per_token}};
   j["n_gen"] = ctx.n_gen;
   ordered_json rows = ordered_json::array();
