@@ -37,10 +37,14 @@ class Linear {
   // The stored weight converted back to float32 row `r` (tests and reference paths).
   std::vector<float> weight_row(int r) const;
 
+  // forward() for bf16 weights below AVX-512 (linear_bf16_uses_f32_panels()): panels of weight
+  // rows widened to float32 and multiplied by oneDNN's f32 GEMM. Public so that tests check it
+  // on every machine.   x: [m, in] -> y: [m, out]
+  void forward_f32_panels(const float* x, float* y, int m) const;
+
  private:
   struct Impl;
   void forward_onednn(const float* x, float* y, int m) const;
-  void forward_f32_panels(const float* x, float* y, int m) const;
   int out_ = 0, in_ = 0;
   WeightType type_ = WeightType::kF32;
   std::vector<float> weight_f32_;      // [out, in] when type_ == kF32

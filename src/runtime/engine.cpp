@@ -88,6 +88,9 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& o) {
            "batch size must be in [1, 1024], got " + std::to_string(o.max_sequences));
   HG_CHECK(o.n_threads >= 0, "threads (-t) must be >= 0, got " + std::to_string(o.n_threads));
   if (o.n_threads > 0) omp_set_num_threads(o.n_threads);
+  // The CPU level first: a bad HYBRIDGEN_CPU_ISA is reported before any work, and oneDNN's cap
+  // is set before its first primitive.
+  (void)cpu::active_isa();
 
   std::unique_ptr<Engine> e(new Engine());
   Impl& im = *e->impl_;

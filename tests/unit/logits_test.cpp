@@ -149,7 +149,8 @@ void check_case(const Case& c, uint32_t seed) {
 
 std::vector<LogitsPath> paths_for(KeyDType t) {
   std::vector<LogitsPath> out;
-  for (LogitsPath p : {LogitsPath::kPortable, LogitsPath::kAvx512, LogitsPath::kAvx512Bf16})
+  for (LogitsPath p : {LogitsPath::kPortable, LogitsPath::kAvx2, LogitsPath::kAvx512,
+                        LogitsPath::kAvx512Bf16})
     if (logits_path_supported(p, t)) out.push_back(p);
   return out;
 }
@@ -159,7 +160,7 @@ TEST(Logits, EveryPathDtypeShapeAndGroupMatchesDoubleReference) {
   uint32_t seed = 1;
   for (KeyDType dt : {KeyDType::kF32, KeyDType::kF16, KeyDType::kBF16})
     for (LogitsPath path : paths_for(dt))
-      for (int head_dim : {64, 128, 80, 17})
+      for (int head_dim : {64, 128, 80, 24, 17})
         for (int group : {1, 3, 4})
           for (int n_tokens : {1, 15, 16, 1037})  // 1037: odd, several blocks, a ragged tail
             for (bool gather : {false, true}) {
