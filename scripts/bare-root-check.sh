@@ -60,8 +60,9 @@ run_in_root() {  # the README's command, as root in the bare root, with a clean 
 
 t1=$(date +%s)
 echo "=== bare root: scripts/run-default.sh (the README's first command)"
-out="$(run_in_root "scripts/run-default.sh" 2>&1 | tee /dev/stderr | tail -n 20)"
-echo "$out" | grep -q "Paris" || { echo "bare-root-check: the chat answer has no 'Paris'" >&2; exit 1; }
+# (tee to a file, not /dev/stderr: reopening a redirected stderr would truncate its log.)
+run_in_root "scripts/run-default.sh" 2>&1 | tee "$root/run-default.log"
+tail -n 5 "$root/run-default.log" | grep -q "Paris" || { echo "bare-root-check: the chat answer has no 'Paris'" >&2; exit 1; }
 t2=$(date +%s)
 echo "=== bare root: run-default.sh passed in $(( t2 - t1 )) s"
 

@@ -22,6 +22,8 @@ struct ModelInfo {
   int n_ctx = 0;  // context size of this engine
   int64_t n_params = 0;
   uint64_t weight_bytes = 0;  // as held by the backend
+  // Weight bytes a decode step reads (linears, LM head, norms; not the embedding tables).
+  uint64_t decode_weight_bytes = 0;
   std::string weight_format;  // "f32" or "bf16"
   uint64_t kv_bytes_per_token = 0;
   // The CPU instruction set the CPU kernels use ("portable", "avx2", "avx512", "avx512bf16":

@@ -19,6 +19,10 @@ uint64_t ModelWeights::bytes() const {
   return b;
 }
 
+uint64_t ModelWeights::decode_step_bytes() const {
+  return bytes() - (token_embedding.size() + position_embedding.size()) * sizeof(float);
+}
+
 namespace {
 
 // Tensor names of one layer in a naming scheme.

@@ -28,6 +28,10 @@ struct ModelWeights {
   cpu::Linear lm_head;                          // [vocab, d_model] (a copy when tied)
   std::vector<LayerWeights> layers;
   uint64_t bytes() const;
+  // Weight bytes one decode step streams from memory: every linear, the LM head and the norms;
+  // not the embedding tables (one row per token). The floor of CPU decode is this over the host
+  // read bandwidth.
+  uint64_t decode_step_bytes() const;
 };
 
 // A checkpoint's tensors by name, as float32, with shape checks: the loader asks for each

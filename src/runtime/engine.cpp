@@ -119,6 +119,7 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& o) {
   info.n_ctx = n_ctx;
   info.n_params = c.n_params();
   info.weight_bytes = m.weights.bytes();
+  info.decode_weight_bytes = m.weights.decode_step_bytes();
   info.weight_format = m.weights.lm_head.type() == cpu::WeightType::kBF16 ? "bf16" : "f32";
   info.cpu_isa = cpu::isa_name(cpu::active_isa());
   info.cpu_dispatch = cpu::describe_dispatch();

@@ -161,7 +161,8 @@ int main(int argc, char** argv) {
                    info.n_params / 1e6, info.weight_bytes / 1e6, info.weight_format.c_str(),
                    info.n_ctx, info.kv_bytes_per_token / 1024.0,
                    info.kv_bytes_per_token * double(info.n_ctx) * batch / 1e6, batch);
-      std::fprintf(stderr, "%s\n", info.cpu_dispatch.c_str());
+      std::fprintf(stderr, "  a decode step reads %.1f MB of weights\n%s\n",
+                   info.decode_weight_bytes / 1e6, info.cpu_dispatch.c_str());
     }
 
     std::vector<int32_t> tokens;
