@@ -232,7 +232,11 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void rows_bf16_dp(
 template <typename Rows>
 void run_chunks(const Rows& rows, const float* bias, float* y, int m, int out) {
   const int chunks = (out + kRowsPerChunk - 1) / kRowsPerChunk;
-#pragma omp parallel for schedule(static)
+  // Guided: large contiguous runs of rows first (one stream per thread), then smaller ones, so a
+  // thread whose core is slowed (a busy neighbour) does not leave the other spinning at the
+  // barrier. Measured with perf: ~20% of a decode step in libgomp's barrier with a static
+  // schedule on the 2-core machine; decode 12.0-13.7 -> 11.0-12.0 ms (avx2 path, A/B pairs).
+#pragma omp parallel for schedule(guided)
   for (int c = 0; c < chunks; ++c) {
     const int o0 = c * kRowsPerChunk, o1 = o0 + kRowsPerChunk < out ? o0 + kRowsPerChunk : out;
     rows(o0, o1);
