@@ -234,4 +234,41 @@ void reported_choice(const HybridConfig& c, const SchedulerPlan& p, int* k_now,
   }
 }
 
+// ---- --policy auto --------------------------------------------------------------------------
+
+AutoChoice choose_auto_policy(const DeviceBudget& b) {
+  HG_CHECK(b.n_ctx > 0 && b.max_sequences > 0 && b.window_bytes_per_token > 0,
+           "--policy auto: context, sequences and KV bytes per token must be positive");
+  auto mb = [](uint64_t x) { return std::to_string((x + 500000) / 1000000) + " MB"; };
+  const uint64_t fixed = b.weight_bytes + b.activation_bytes;
+  HG_CHECK(fixed <= b.free_bytes,
+           "out of device memory: the weights (" + mb(b.weight_bytes) + ") and activations (" +
+               mb(b.activation_bytes) + ") need " + mb(fixed) + " but " + mb(b.free_bytes) +
+               " are free; lower -b or -c (activations), or use a smaller model");
+  uint64_t kv_room = b.free_bytes - fixed;
+  if (b.cap_bytes > 0) kv_room = std::min(kv_room, b.cap_bytes);
+  const uint64_t tokens = uint64_t(b.n_ctx) * uint64_t(b.max_sequences);
+  const uint64_t full_need = b.full_kv_bytes_per_token * tokens;
+  AutoChoice c;
+  const std::string room =
+      mb(kv_room) + " for the KV (" + mb(b.free_bytes) + " free - " + mb(fixed) +
+      " weights and activations" +
+      (b.cap_bytes > 0 ? ", capped by --gpu-memory-mb " + mb(b.cap_bytes) : std::string()) + ")";
+  if (full_need <= kv_room) {
+    c.policy = Policy::kFull;
+    c.window = b.n_ctx;
+    c.reason = "full attention: the whole context's KV (" + std::to_string(b.n_ctx) + " tokens x " +
+               std::to_string(b.max_sequences) + " sequence(s), " + mb(full_need) + ") fits in " +
+               room;
+    return c;
+  }
+  const uint64_t per_window_token = b.window_bytes_per_token * uint64_t(b.max_sequences);
+  c.policy = Policy::kHybrid;
+  c.window = int(std::min<uint64_t>(kv_room / per_window_token, uint64_t(b.n_ctx)));
+  c.reason = "hybrid: the whole context's KV (" + mb(full_need) + ") does not fit in " + room +
+             "; the largest window that fits is " + std::to_string(c.window) + " tokens per " +
+             "sequence and layer (" + mb(per_window_token) + " per window token)";
+  return c;
+}
+
 }  // namespace hybridgen::runtime

@@ -155,4 +155,27 @@ SchedulerPlan effective_plan(const HybridConfig& c, const FeedbackScheduler* sch
 void reported_choice(const HybridConfig& c, const SchedulerPlan& p, int* k_now,
                      std::string* mode_now);
 
+// --policy auto (issue 14 item 5): full attention while the whole context's KV of every sequence
+// fits in free device memory beside the weights and activations, otherwise hybrid with the
+// largest window that fits. --gpu-memory-mb caps the KV's device memory in both comparisons, so
+// offloading can be forced on a GPU with room to spare. All sizes in bytes.
+struct DeviceBudget {
+  uint64_t free_bytes = 0;               // free device memory before loading (cudaMemGetInfo)
+  uint64_t weight_bytes = 0;             // the weights as the device holds them
+  uint64_t activation_bytes = 0;         // activations and workspaces at the largest batch
+  uint64_t full_kv_bytes_per_token = 0;  // K+V of one token, all layers, as full attention keeps it
+  uint64_t window_bytes_per_token = 0;   // K+V of one token, all layers, in the hybrid window
+  uint64_t cap_bytes = 0;                // --gpu-memory-mb (0: no cap)
+  int n_ctx = 0;
+  int max_sequences = 1;
+};
+struct AutoChoice {
+  Policy policy = Policy::kFull;
+  int window = 0;      // hybrid: tokens per sequence and layer (<= n_ctx)
+  std::string reason;  // the numbers behind the choice, for the log
+};
+// Throws hybridgen::Error (what was asked, what is free, the flags that lower it: -c, -b,
+// --gpu-memory-mb) when the weights and activations alone do not fit.
+AutoChoice choose_auto_policy(const DeviceBudget& b);
+
 }  // namespace hybridgen::runtime

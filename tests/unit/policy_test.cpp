@@ -107,5 +107,42 @@ TEST(PolicyTable, ReportedChoiceIsTheRowsFixedChoice) {
   EXPECT_EQ(mode, "post-qkt");
 }
 
+// --policy auto: full while the whole context's KV fits beside the weights, else hybrid with the
+// largest window that fits; --gpu-memory-mb caps the KV; weights that do not fit are an error
+// naming what was asked and what is free.
+TEST(PolicyTable, AutoPicksFullWhenItFitsElseTheLargestWindow) {
+  DeviceBudget b;
+  b.free_bytes = 80'000'000'000ull;
+  b.weight_bytes = 16'000'000'000ull;
+  b.activation_bytes = 1'000'000'000ull;
+  b.full_kv_bytes_per_token = 262'144;  // Llama-3.1-8B shapes, float32 K+V
+  b.window_bytes_per_token = 131'072;   // bf16 ring
+  b.n_ctx = 32768;
+  b.max_sequences = 1;
+  AutoChoice c = choose_auto_policy(b);  // 8.6 GB of KV in 63 GB
+  EXPECT_EQ(c.policy, Policy::kFull);
+  EXPECT_TRUE(test::Contains(c.reason, "fits")) << c.reason;
+  b.max_sequences = 8;  // 68.7 GB of float32 KV does not fit; the bf16 window of it all does
+  c = choose_auto_policy(b);
+  EXPECT_EQ(c.policy, Policy::kHybrid);
+  EXPECT_EQ(c.window, b.n_ctx);
+  b.max_sequences = 16;  // 137 GB: a window of part of the context
+  c = choose_auto_policy(b);
+  EXPECT_EQ(c.policy, Policy::kHybrid);
+  EXPECT_EQ(c.window, int(63'000'000'000ull / (131'072ull * 16)));
+  EXPECT_LT(c.window, b.n_ctx);
+  b.max_sequences = 1;
+  b.cap_bytes = 1'000'000'000ull;  // --gpu-memory-mb 1000: offloading forced
+  c = choose_auto_policy(b);
+  EXPECT_EQ(c.policy, Policy::kHybrid);
+  EXPECT_EQ(c.window, int(1'000'000'000ull / 131'072ull));
+  EXPECT_TRUE(test::Contains(c.reason, "--gpu-memory-mb")) << c.reason;
+  b.free_bytes = 10'000'000'000ull;  // the weights alone do not fit
+  const std::string err = test::error_of([&] { choose_auto_policy(b); });
+  EXPECT_TRUE(test::Contains(err, "out of device memory")) << err;
+  EXPECT_TRUE(test::Contains(err, "17000 MB")) << err;
+  EXPECT_TRUE(test::Contains(err, "10000 MB are free")) << err;
+}
+
 }  // namespace
 }  // namespace hybridgen::runtime
