@@ -130,6 +130,7 @@ class CudaBackend final : public Backend {
   void forward(const Batch& batch, kv::KvCacheManager& cache, std::vector<float>& logits) override;
   const ModelConfig& config() const override { return config_; }
   std::string name() const override { return "cuda"; }
+  void set_tensor_callback(TensorCallback cb) override { callback_ = std::move(cb); }
 
  private:
   // Activation buffers for `tokens` tokens per call (reallocated larger when needed).
@@ -137,6 +138,10 @@ class CudaBackend final : public Backend {
   void ensure_logit_rows(int rows);
   void norm(const float* x, const DeviceBuffer& w, const DeviceBuffer& b, int n, float* out);
   void linear(const DeviceLinear& L, const float* x, float* y, int m);
+  // The tensor callback's dump of a device buffer: rows of `width` floats `stride` apart.
+  void dump(const char* name, int il, const float* x, int n, int width, int64_t stride);
+  TensorCallback callback_;
+  std::vector<float> dump_host_;
   uint64_t activation_bytes(int tokens) const;
 
   // Owned CUDA objects first, so that they are destroyed after every buffer.
@@ -366,6 +371,15 @@ void CudaBackend::linear(const DeviceLinear& L, const float* x, float* y, int m)
                x_bf16_.as<uint16_t>(), y, m, L.in, L.out, stream_.s);
 }
 
+void CudaBackend::dump(const char* name, int il, const float* x, int n, int width, int64_t stride) {
+  if (!callback_) return;
+  dump_host_.resize(size_t(n) * width);
+  CUDA_CHECK(cudaMemcpy2DAsync(dump_host_.data(), sizeof(float) * width, x, sizeof(float) * stride,
+                               sizeof(float) * width, n, cudaMemcpyDeviceToHost, stream_.s));
+  CUDA_CHECK(cudaStreamSynchronize(stream_.s));
+  callback_(name, il, dump_host_.data(), n, width);
+}
+
 void CudaBackend::forward(const Batch& batch, kv::KvCacheManager& cache,
                           std::vector<float>& logits) {
   const ModelConfig& c = config_;
@@ -433,6 +447,7 @@ void CudaBackend::forward(const Batch& batch, kv::KvCacheManager& cache,
   cuda::embedding(token_embedding_.as<float>(), d_tokens, n, d, x, s);
   if (c.learned_positions)
     cuda::add_positions(x, position_embedding_.as<float>(), d_pos, c.position_offset, n, d, s);
+  dump("inp_embd", -1, x, n, d, d);
 
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const bool neox = c.rope_style == RopeStyle::kNeox;
@@ -440,6 +455,7 @@ void CudaBackend::forward(const Batch& batch, kv::KvCacheManager& cache,
     const DeviceLayer& L = layers_[il];
     // --- attention block ---
     norm(x, L.attn_norm, L.attn_norm_b, n, h);
+    dump("attn_norm", il, h, n, d, d);
     linear(L.qkv, h, qkv, n);
     float* q = qkv;         // row stride qkv_w_
     float* k = qkv + q_w_;  // row stride qkv_w_
@@ -448,16 +464,21 @@ void CudaBackend::forward(const Batch& batch, kv::KvCacheManager& cache,
       cuda::rope(q, qkv_w_, n, c.n_heads, hd, c.rope_dim, d_pos, inv_freq_.as<float>(), neox, s);
       cuda::rope(k, qkv_w_, n, c.n_kv_heads, hd, c.rope_dim, d_pos, inv_freq_.as<float>(), neox, s);
     }
+    dump("q", il, q, n, q_w_, qkv_w_);
+    dump("k", il, k, n, kv_w_, qkv_w_);
+    dump("v", il, v, n, kv_w_, qkv_w_);
     cuda::kv_append(k, v, qkv_w_, n, c.n_kv_heads, hd, d_seq, d_pos, k_slots, v_slots, il, n_ctx_,
                     s);
     cuda::attention(q, qkv_w_, n, c.n_heads, c.n_kv_heads, hd, d_seq, d_pos, k_slots, v_slots, il,
                     n_ctx_, scale, c.sliding_window, attn_work_.as<void>(), attn_work_.bytes(), att,
                     s);
+    dump("attn_out", il, att, n, q_w_, q_w_);
     linear(L.out, att, h, n);
     cuda::add(x, h, int64_t(n) * d, s);
 
     // --- feed-forward block ---
     norm(x, L.ffn_norm, L.ffn_norm_b, n, h);
+    dump("ffn_norm", il, h, n, d, d);
     linear(L.up, h, ffn, n);
     if (c.relu_ffn) {
       cuda::relu(ffn, int64_t(n) * c.d_ff, s);
@@ -467,6 +488,7 @@ void CudaBackend::forward(const Batch& batch, kv::KvCacheManager& cache,
       linear(L.down, act, h, n);
     }
     cuda::add(x, h, int64_t(n) * d, s);
+    dump("l_out", il, x, n, d, d);
   }
 
   // --- head: only the rows that want logits ---
@@ -478,6 +500,7 @@ void CudaBackend::forward(const Batch& batch, kv::KvCacheManager& cache,
   float* last = last_.as<float>();  // [n_out, d]
   cuda::gather_rows(x, d_rows, n_out, d, last, s);
   norm(last, final_norm_, final_norm_b_, n_out, last);
+  dump("result_norm", -1, last, n_out, d, d);
   linear(lm_head_, last, logits_.as<float>(), n_out);
   CUDA_CHECK(cudaMemcpyAsync(logits.data(), logits_.as<float>(),
                              sizeof(float) * size_t(n_out) * c.vocab_size, cudaMemcpyDeviceToHost,

@@ -320,9 +320,11 @@ void TieredLayerKv::append(int n, const float* k, const float* v) {
 
 TierBytes TieredLayerKv::bytes() const {
   TierBytes b;
-  const uint64_t e = static_cast<uint64_t>(n_kv_heads_) * head_dim_;
-  b.window_used = static_cast<uint64_t>(n_window()) * e * sizeof(float) * 2;
+  // The window's bytes per token from its store (float32 on the CPU backend, bf16 on CUDA).
   b.window_reserved = window_ ? window_->capacity_bytes() : 0;
+  b.window_used =
+      window_ ? window_->capacity_bytes() / uint64_t(window_->capacity()) * uint64_t(n_window())
+              : 0;
   b.key_used = keys_.used_bytes();
   b.key_reserved = keys_.reserved_bytes();
   b.value_used = values_.used_bytes();

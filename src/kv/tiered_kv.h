@@ -217,7 +217,7 @@ struct TieredConfig {
 
 // Byte accounting of one or many (sequence, layer) stores. "used": bytes of tokens held;
 // "reserved": bytes allocated. Formulas (E = n_kv_heads * head_dim):
-//   window_used     = n_window * E * 4 * 2          (K and V, float32)
+//   window_used     = n_window * E * 4 * 2          (K and V, float32; bf16 on CUDA: * 2 * 2)
 //   window_reserved = W * E * 4 * 2                 (allocated on first use of the window)
 //   key_used        = n_offloaded * E * 2           (bf16) ; value_used likewise
 //   key_reserved    = capacity * E * 2              (capacity = context - W under kPreallocate)

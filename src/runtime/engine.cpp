@@ -160,7 +160,7 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& o) {
       // The CPU stage's worker has its own threads: the device stage (here: the CPU backend)
       // gets the rest, so that the two stages do not fight over cores (an oversubscribed
       // OpenMP team spins in its barriers and starves the other stage).
-      if (hc.speculative && policy != runtime::Policy::kAoc && policy != runtime::Policy::kAog)
+      if (im.hybrid->policy_plan().pipelined)
         omp_set_num_threads(std::max(1, threads - hc.cpu_threads));
       log().info(
           "attention policy {}: GPU window {} tokens, K_min {}, {} query, {} CPU-stage "

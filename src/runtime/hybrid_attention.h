@@ -1,36 +1,42 @@
-// The hybrid attention runtime (paper §4.2-4.6, Algorithm 1; ../shared/DESIGN.md) on the CPU
-// backend: the Transformer's attention goes through this runner when the policy is not `full`.
+// The hybrid attention runtime (paper §4.2-4.6, Algorithm 1; ../shared/DESIGN.md "The split
+// runtime"): backend-independent. The backend's attention goes through this runner when the
+// policy is not `full`; what it needs from the backend goes through runtime/device_stage.h (a
+// QueryProvider for the speculative query, a DeviceStage for the window, the merge and exact
+// attention). What each policy does is one row of runtime/policy.h's table.
 //
 // Per sequence and layer the KV lives in tiers (kv/tiered_kv.h): a device window of the W most
-// recent tokens and host stores (keys and values apart, bf16) for the older, offloaded tokens.
-// A decode step of layer i:
+// recent tokens (in the backend's memory) and host stores (keys and values apart, bf16) for the
+// older, offloaded tokens. A decode step of layer i:
 //
 //   CPU stage (worker thread, its own OpenMP team; one layer AHEAD of the device stage):
-//     query  - speculative: layer i-1's input, normed with layer i's norm, projected with layer
-//              i's W_q (+ bias), rotated at the current position (for layer 0: the embedding,
-//              i.e. the true query); or exact: the device stage's q (synchronous mode)
-//     select - Post-QKT: logits of every offloaded key (cpu::attention_logits), then top-K per
-//              KV head; Pre-QKT: K tokens predicted first (heavy hitters / sinks+recent /
-//              partial dimensions), logits of those only; all: every offloaded token
+//     query  - speculative: QueryProvider::query(i, host copy of layer i-1's input) (for layer
+//              0: the embedding, i.e. the true query); or exact: a host copy of the device
+//              stage's q (synchronous mode)
+//     select - what the policy row says (plan_row): Post-QKT: logits of every offloaded key
+//              (cpu::attention_logits), then top-K per KV head; Pre-QKT: K tokens predicted
+//              first (heavy hitters / sinks+recent / partial dimensions), logits of those only;
+//              all: every offloaded token
 //     gather - the selected V rows into staging (kv::VStaging; pinned memory on a GPU)
-//   device stage (the calling thread: the backend running the layer):
-//     q, k, v of the new token; logits over the window and the new token; the token
-//     concatenator puts CPU and device logits in original order (kv::concat_tiers);
-//     softmax; values from staging, window and the new token; then the new token enters the
-//     window and the least recently generated token leaves it (K -> key store, V -> value store)
+//   device stage (DeviceStage::decode, on the calling thread):
+//     logits over the window and the new token; the CPU part's logits and the window's in
+//     original order (the token mapper's ranges); softmax; values from staging, window and the
+//     new token; then the new token enters the window and the least recently generated token
+//     leaves it (K -> key store, V -> value store)
 //
 // The stages talk through two bounded SPSC queues (runtime/spsc_queue.h): jobs (layer, a
 // snapshot of the layer input) one way, results the other; a result's buffers alternate between
 // two slots by layer parity, so the worker fills layer i+1's while the device stage reads
 // layer i's. Waiting sleeps on a futex, it does not spin a core.
 //
-// The feedback scheduler (runtime/scheduler.h) sees each decode step's summed T_gpu (device
-// stage time minus its waits for the CPU stage), T_cpu (query + logits + selection) and T_tx
-// (gather; + H2D on a GPU) and sets K and the mode for the next step.
+// The feedback scheduler (runtime/scheduler.h) sees each decode step's summed T_gpu (the device
+// stage's clock: CUDA events, or the calling thread's wall time minus its waits for the CPU
+// stage), T_cpu (query + logits + selection) and T_tx (gather; + H2D on a GPU) and sets K and
+// the mode for the next step.
 //
-// Prefill chunks (several tokens of a sequence in one step) and the all-offloaded baselines
-// (aoc: attention on the CPU; aog: every offloaded K/V copied to the device each layer) use
-// exact attention over both tiers: keys and values of offloaded tokens read back as bf16.
+// Prefill chunks (several tokens of a sequence in one step) run DeviceStage::exact: attention
+// as full attention does it over both tiers, after a bulk append. The all-offloaded baselines
+// decode with exact attention too: aoc on the CPU (host loops over the stores), aog on the
+// device after shipping every offloaded K/V to it.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -47,6 +53,8 @@
 #include "kv/token_selector.h"
 #include "memory/allocator.h"
 #include "runtime/attention_runner.h"
+#include "runtime/device_stage.h"
+#include "runtime/policy.h"
 #include "runtime/scheduler.h"
 #include "runtime/spsc_queue.h"
 
@@ -56,68 +64,19 @@ class Transformer;
 
 namespace hybridgen::runtime {
 
-enum class Policy : uint8_t {
-  kFull,
-  kHybrid,
-  kAog,
-  kAoc,
-  kH2o,
-  kStreamingLlm,
-  kKeyformer,
-  kInfinigen,
-};
-// Throws hybridgen::Error naming the flag and the valid names for an unknown policy.
-Policy parse_policy(const std::string& name);
-const char* policy_name(Policy p);
-
-enum class Predictor : uint8_t { kHeavy, kSinksRecent, kPartial };
-enum class SelectionControl : uint8_t { kAdaptive, kPost, kPre, kOff };
-
-// AttentionOptions resolved against a model and a context (what the runtime executes).
-struct HybridConfig {
-  Policy policy = Policy::kHybrid;
-  int window = 0;   // effective device window (tokens per sequence and layer)
-  int k_min = 128;  // the scheduler's floor
-  int k_fixed = 0;  // > 0: this K always (no K adaptation)
-  SelectionControl selection = SelectionControl::kAdaptive;
-  Predictor predictor = Predictor::kHeavy;
-  bool speculative = true;
-  int cpu_threads = 1;
-  int n_sinks = 4;       // streamingllm and the sinks+recent predictor
-  int partial_dims = 0;  // InfiniGen-style predictor: query dimensions used (0: head_dim / 4)
-  cpu::LogitsPath logits_path = cpu::LogitsPath::kAuto;
-  bool trace = false;  // record StageEvents
-  // The device stage waits at most this long for a CPU-stage result; then the step fails with
-  // an error naming the layer (a stalled CPU stage is an error, not a hang) and the runtime
-  // refuses further steps (the engine must be reloaded).
-  double stall_timeout_s = 60;
-  // Speculation where it is measured to work: after this many decode steps, layers whose
-  // speculated query's mean cosine similarity to the true query is below speculation_min_cosine
-  // switch to the true query (their CPU stage runs synchronously). 0 steps: never switch.
-  int speculation_warmup_steps = 4;
-  double speculation_min_cosine = 0.9;
-  uint64_t device_memory_bytes = 0;  // window budget over all sequences and layers; 0: none
-  // Fault injection and tests: called by the CPU stage before each layer's work (may sleep or
-  // throw). Unset in normal runs.
-  std::function<void(int layer)> cpu_stage_hook;
-};
-
-// Validates the public options (errors name the flag) and resolves defaults:
-// window -1 -> n_ctx / 10; a window above the context is clamped to it (everything stays on the
-// device) with a warning; aog and aoc use window 0; k 0 -> k_min; cpu_threads 0 -> half of
-// n_threads (at least 1).
-HybridConfig resolve_attention_options(const AttentionOptions& o, int n_ctx, int head_dim,
-                                       int n_threads);
-
-class HybridAttention final : public AttentionRunner {
+class HybridRuntime : public AttentionRunner {
  public:
-  // model: its weights give the speculative query (norms, the Q rows of Q|K|V, RoPE).
-  HybridAttention(const HybridConfig& config, const Transformer& model, int n_ctx,
-                  int max_sequences, memory::HostAllocator& alloc);
-  ~HybridAttention() override;  // stops the CPU stage's worker
-  HybridAttention(const HybridAttention&) = delete;
-  HybridAttention& operator=(const HybridAttention&) = delete;
+  // The runtime over a backend: `query` gives the speculative query, `device` runs the window
+  // and the merge. Both are owned. max_sequences: the engine's sequence ids index slots
+  // [0, max_sequences).
+  HybridRuntime(const HybridConfig& config, const ModelDims& dims,
+                std::unique_ptr<QueryProvider> query, std::unique_ptr<DeviceStage> device,
+                int n_ctx, int max_sequences, memory::HostAllocator& alloc);
+  ~HybridRuntime() override;  // stops the CPU stage's worker
+  HybridRuntime(const HybridRuntime&) = delete;
+  HybridRuntime& operator=(const HybridRuntime&) = delete;
 
+  // q, k, v, out and x are in the device stage's memory (host memory on the CPU backend).
   void begin_step(const Batch& batch, const int32_t* pos) override;
   void layer_input(int il, const float* x) override;
   void attend(int il, const float* q, const float* k, const float* v, float* out) override;
@@ -130,8 +89,10 @@ class HybridAttention final : public AttentionRunner {
   std::vector<StageEvent> trace() const;
   void reset_stats();  // and the trace
   const HybridConfig& config() const { return cfg_; }
+  const PolicyPlan& policy_plan() const { return pp_; }
   const kv::TieredKvCache& cache() const { return *cache_; }
   const FeedbackScheduler* scheduler() const { return scheduler_.get(); }
+  const DeviceStage& device_stage() const { return *device_; }
 
  private:
   struct RowResult;
@@ -149,22 +110,25 @@ class HybridAttention final : public AttentionRunner {
     std::string error;  // non-empty: the CPU stage failed (rethrown on the device stage)
   };
 
-  // CPU stage of layer il for every batch row into slot `slot`; q: [n, n_heads, head_dim].
+  // CPU stage of layer il for every batch row into slot `slot`; q: host [n, n_heads, head_dim].
   Done cpu_stage(int il, const float* q, int slot, const SchedulerPlan& plan);
-  // Speculative query of layer il from x ([n, d_model]) into q ([n, n_heads, head_dim]).
-  void speculative_query(int il, const float* x, float* q) const;
   void worker_main();
   static constexpr size_t kMaxTraceEvents = size_t{1} << 20;  // per thread
   void record(std::vector<StageEvent>& events, const char* stage, int64_t step, int layer,
               double begin, double end);
-  void merge_row(int il, int b, const float* q, const float* k, const float* v, const RowResult& r,
-                 float* out);
-  void exact_attention(int il, const float* q, const float* k, const float* v, float* out,
-                       bool stream_to_device);
-  SchedulerPlan current_plan() const;
+  void split_attention(int il, const float* q, const float* k, const float* v, float* out);
+  void device_exact(int il, const float* q, const float* k, const float* v, float* out,
+                    bool stream_offloaded);
+  void host_exact(int il, const float* q, const float* k, const float* v, float* out);
+  kv::HeavyHitterAccumulator* heavy(int seq, int il) {
+    return pp_.uses_heavy ? heavy_[size_t(seq) * n_layers_ + il].get() : nullptr;
+  }
 
   HybridConfig cfg_;
-  const Transformer& model_;
+  PolicyPlan pp_;
+  ModelDims dims_;
+  std::unique_ptr<QueryProvider> query_;
+  std::unique_ptr<DeviceStage> device_;
   int n_ctx_;
   int n_layers_, n_heads_, n_kv_heads_, head_dim_, d_model_, group_, sliding_window_;
   float scale_;
@@ -174,18 +138,20 @@ class HybridAttention final : public AttentionRunner {
   // Heavy-hitter scores per (sequence, layer), indexed by position (FIFO eviction keeps
   // host-local index == position).
   std::vector<std::unique_ptr<kv::HeavyHitterAccumulator>> heavy_;  // [max_sequences * n_layers]
-  bool uses_heavy_ = false;
 
   // Step state (written before the first job of a step is pushed; read-only in the worker).
   std::vector<int32_t> seqs_, pos_;  // [n] per batch row
   int n_rows_ = 0;
-  bool decode_step_ = false;  // one token per sequence
-  bool split_path_ = false;   // decode step of a policy with a CPU stage + device merge
-  SchedulerPlan plan_;        // K and mode of this step
+  bool decode_step_ = false;              // one token per sequence
+  DecodePath path_ = DecodePath::kSplit;  // this step's: prefill chunks take exact attention
+  SchedulerPlan plan_;                    // K and mode of this step
   int64_t step_ = 0;
 
   std::vector<std::unique_ptr<Slot>> slots_;  // [2]: pipeline slots by layer parity
-  std::vector<float> q_exact_;                // [n, n_heads, head_dim] synchronous mode
+  std::vector<float> host_x_, host_q_;        // device-to-host scratch (layer input, query)
+  std::vector<DecodeRow> rows_;               // [n] the device stage's decode rows
+  std::vector<kv::TieredLayerKv*> exact_kv_;  // [n] exact attention's per-token tiers
+  std::vector<kv::HeavyHitterAccumulator*> exact_heavy_;  // [n]
 
   // Pipelining.
   std::unique_ptr<SpscQueue<Job>> jobs_;
@@ -206,6 +172,14 @@ class HybridAttention final : public AttentionRunner {
   // Trace: the device stage's events and the worker's, kept apart (no locking on the hot path).
   double epoch_ = 0, layer_t0_ = 0;
   std::vector<StageEvent> main_events_, worker_events_;
+};
+
+// The runtime on the CPU backend: the speculative query from the Transformer's weights
+// (CpuQueryProvider) and the reference device stage (CpuDeviceStage: window in host memory).
+class HybridAttention final : public HybridRuntime {
+ public:
+  HybridAttention(const HybridConfig& config, const Transformer& model, int n_ctx,
+                  int max_sequences, memory::HostAllocator& alloc);
 };
 
 }  // namespace hybridgen::runtime

@@ -29,12 +29,6 @@ struct Batch {
   int size() const { return static_cast<int>(tokens.size()); }
 };
 
-// Called with each named intermediate ("attn_norm", "qkv", "attn_out", "ffn_out", "result_norm"
-// ...) of layer il (-1 outside layers): [n, width] row-major. For dumps and cross-backend
-// comparison; unset in normal runs.
-using TensorCallback =
-    std::function<void(const char* name, int il, const float* data, int n, int width)>;
-
 class Transformer : public Backend {
  public:
   Transformer(ModelConfig config, ModelWeights weights);
@@ -47,7 +41,7 @@ class Transformer : public Backend {
   const ModelConfig& config() const override { return config_; }
   std::string name() const override { return "cpu"; }
   const ModelWeights& weights() const { return weights_; }
-  void set_tensor_callback(TensorCallback cb) { callback_ = std::move(cb); }
+  void set_tensor_callback(TensorCallback cb) override { callback_ = std::move(cb); }
   // Attention through `runner` (not owned; the hybrid runtime) instead of the one-tier
   // FullAttention over the KV-cache manager. nullptr restores the default.
   void set_attention_runner(AttentionRunner* runner) { runner_ = runner; }

@@ -1,0 +1,476 @@
+// The CUDA device stage of the split runtime (src/runtime/cuda_device_stage.h): bf16 window ring
+// in device memory, the decode merge, exact attention over both tiers (kernels in hybrid_ops.cu),
+// copies of the CPU stage's part on a copy stream ordered by an event, T_gpu from events.
+//
+// STATUS: compiled in CI; written in a session without a GPU, so it has not run.
+// tests/unit/cuda_device_stage_test.cpp compares it with the CPU device stage layer by layer on
+// a GPU (scripts/gpu-check.sh runs every ctest test named Cuda*).
+#include "runtime/cuda_device_stage.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#include "cuda_check.h"
+#include "hybrid_ops.h"
+#include "ops_api.h"
+#include "runtime/backend.h"  // cuda_available
+#include "util/check.h"
+
+namespace hybridgen::runtime {
+
+namespace {
+
+using cuda::RowDesc;
+using cuda::SeqDesc;
+constexpr int kMaxHeadDim = cuda::kHybridMaxHeadDim;
+
+// A growable device buffer.
+struct DeviceBuffer {
+  void* p = nullptr;
+  size_t bytes = 0;
+  ~DeviceBuffer() { cuda::device_free(p); }
+  void* need(size_t b, const char* what) {
+    if (b > bytes) {
+      cuda::device_free(p);
+      p = nullptr;
+      bytes = 0;
+      p = cuda::device_alloc(b, what);
+      bytes = b;
+    }
+    return p;
+  }
+  template <class T>
+  T* as() {
+    return static_cast<T*>(p);
+  }
+};
+
+struct Streams {
+  cudaStream_t compute = nullptr, copy = nullptr;
+  cudaEvent_t copied = nullptr, step_begin = nullptr, step_end = nullptr;
+  bool host_io = true;
+  DeviceBuffer staging_k, staging_v;  // host_io window writes: float32 K/V rows
+};
+
+// The window of one (sequence, layer): bf16 K and V rings in device memory.
+class CudaWindowStore final : public kv::WindowStore {
+ public:
+  CudaWindowStore(Streams& st, int n_kv_heads, int head_dim, int capacity)
+      : st_(st), n_kv_heads_(n_kv_heads), head_dim_(head_dim), capacity_(capacity) {
+    const size_t b = size_t(n_kv_heads) * capacity * head_dim * sizeof(uint16_t);
+    k_ = static_cast<uint16_t*>(cuda::device_alloc(b, "the window's keys (--window)"));
+    try {
+      v_ = static_cast<uint16_t*>(cuda::device_alloc(b, "the window's values (--window)"));
+    } catch (...) {
+      cuda::device_free(k_);
+      throw;
+    }
+    bytes_ = 2 * b;
+  }
+  ~CudaWindowStore() override {
+    cuda::device_free(k_);
+    cuda::device_free(v_);
+  }
+  int capacity() const override { return capacity_; }
+  void write(int slot, int n, const float* k, const float* v) override {
+    HG_CHECK(slot >= 0 && n >= 0 && slot + n <= capacity_, "CUDA window: write out of range");
+    if (n == 0) return;
+    const size_t row = size_t(n) * n_kv_heads_ * head_dim_ * sizeof(float);
+    if (st_.host_io) {
+      float* dk = static_cast<float*>(st_.staging_k.need(row, "window write staging"));
+      float* dv = static_cast<float*>(st_.staging_v.need(row, "window write staging"));
+      CUDA_CHECK(cudaMemcpyAsync(dk, k, row, cudaMemcpyHostToDevice, st_.compute));
+      CUDA_CHECK(cudaMemcpyAsync(dv, v, row, cudaMemcpyHostToDevice, st_.compute));
+      k = dk;
+      v = dv;
+    }
+    cuda::window_write(k, v, n, n_kv_heads_, head_dim_, capacity_, slot, k_, v_, st_.compute);
+    // host_io: the caller may reuse k/v at once; the copies above are from pageable memory
+    // (synchronous with respect to the host), so nothing more is needed.
+  }
+  void export_bf16(int slot, int n, uint16_t* k_dst, uint16_t* v_dst,
+                   int64_t dst_head_stride) const override {
+    HG_CHECK(slot >= 0 && n >= 0 && slot + n <= capacity_, "CUDA window: export out of range");
+    if (n == 0) return;
+    const size_t width = size_t(n) * head_dim_ * sizeof(uint16_t);
+    const size_t src_pitch = size_t(capacity_) * head_dim_ * sizeof(uint16_t);
+    const size_t dst_pitch = size_t(dst_head_stride) * sizeof(uint16_t);
+    const size_t off = size_t(slot) * head_dim_;
+    CUDA_CHECK(cudaMemcpy2DAsync(k_dst, dst_pitch, k_ + off, src_pitch, width, n_kv_heads_,
+                                 cudaMemcpyDeviceToHost, st_.compute));
+    CUDA_CHECK(cudaMemcpy2DAsync(v_dst, dst_pitch, v_ + off, src_pitch, width, n_kv_heads_,
+                                 cudaMemcpyDeviceToHost, st_.compute));
+    // The host stores are read by the CPU stage as soon as append() returns.
+    CUDA_CHECK(cudaStreamSynchronize(st_.compute));
+  }
+  uint64_t capacity_bytes() const override { return bytes_; }
+  const float* host_keys(int) const override { return nullptr; }
+  const float* host_values(int) const override { return nullptr; }
+  const uint16_t* device_keys() const { return k_; }
+  const uint16_t* device_values() const { return v_; }
+
+ private:
+  Streams& st_;
+  int n_kv_heads_, head_dim_, capacity_;
+  uint64_t bytes_ = 0;
+  uint16_t* k_ = nullptr;
+  uint16_t* v_ = nullptr;
+};
+
+const CudaWindowStore* cuda_window(const kv::TieredLayerKv& kv) {
+  if (!kv.window()) return nullptr;
+  const auto* w = dynamic_cast<const CudaWindowStore*>(kv.window());
+  HG_CHECK(w, "CUDA device stage: a window that is not in device memory");
+  return w;
+}
+
+class CudaDeviceStage final : public DeviceStage {
+ public:
+  CudaDeviceStage(const ModelDims& dims, memory::HostAllocator& alloc, const CudaStageOptions& o)
+      : d_(dims), alloc_(alloc) {
+    HG_CHECK(d_.head_dim <= kMaxHeadDim, "CUDA device stage: head_dim " +
+                                             std::to_string(d_.head_dim) + " above " +
+                                             std::to_string(kMaxHeadDim));
+    st_.host_io = o.host_io;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&st_.compute, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&st_.copy, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaEventCreateWithFlags(&st_.copied, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreate(&st_.step_begin));
+    CUDA_CHECK(cudaEventCreate(&st_.step_end));
+  }
+  ~CudaDeviceStage() override {
+    (void)cudaStreamSynchronize(st_.compute);
+    (void)cudaStreamSynchronize(st_.copy);
+    (void)cudaEventDestroy(st_.copied);
+    (void)cudaEventDestroy(st_.step_begin);
+    (void)cudaEventDestroy(st_.step_end);
+    (void)cudaStreamDestroy(st_.compute);
+    (void)cudaStreamDestroy(st_.copy);
+  }
+  const char* name() const override { return "cuda"; }
+
+  kv::WindowFactory window_factory() override {
+    return [this](int n_kv_heads, int head_dim, int capacity) -> std::unique_ptr<kv::WindowStore> {
+      return std::make_unique<CudaWindowStore>(st_, n_kv_heads, head_dim, capacity);
+    };
+  }
+
+  const float* to_host(const float* src, size_t n, std::vector<float>& scratch) override {
+    if (st_.host_io) return src;
+    scratch.resize(n);
+    CUDA_CHECK(cudaMemcpyAsync(scratch.data(), src, n * sizeof(float), cudaMemcpyDeviceToHost,
+                               st_.compute));
+    CUDA_CHECK(cudaStreamSynchronize(st_.compute));
+    return scratch.data();
+  }
+
+  void decode(int il, const DecodeRow* rows, int n) override;
+  ExactResult exact(int il, const ExactBatch& b, bool stream_offloaded) override;
+
+  void begin_step() override {
+    CUDA_CHECK(cudaEventRecord(st_.step_begin, st_.compute));
+    timed_ = true;
+  }
+  std::optional<double> step_seconds() override {
+    if (!timed_) return std::nullopt;
+    timed_ = false;
+    CUDA_CHECK(cudaEventRecord(st_.step_end, st_.compute));
+    CUDA_CHECK(cudaEventSynchronize(st_.step_end));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, st_.step_begin, st_.step_end));
+    // host_io: the layers' GEMMs run on the host, so the events time the attention only; the
+    // caller's wall clock is the device time then.
+    if (st_.host_io) return std::nullopt;
+    return double(ms) * 1e-3;
+  }
+
+ private:
+  ModelDims d_;
+  memory::HostAllocator& alloc_;
+  Streams st_;
+  bool timed_ = false;
+  // Decode buffers (device), grown as needed.
+  DeviceBuffer rows_dev_, q_dev_, k_dev_, v_dev_, out_dev_, logits_dev_, values_dev_, scores_dev_;
+  std::vector<RowDesc> rows_host_;
+  std::vector<float> probs_host_;
+  // Exact-attention buffers.
+  DeviceBuffer seqs_dev_, idx_dev_, pos_dev_, off_k_dev_, off_v_dev_, heavy_dev_;
+  std::vector<SeqDesc> seqs_host_;
+  std::vector<float> heavy_host_;
+};
+
+void CudaDeviceStage::decode(int il, const DecodeRow* rows, int n) {
+  (void)il;
+  if (n == 0) return;
+  const int hd = d_.head_dim, nkv = d_.n_kv_heads, nh = d_.n_heads;
+  const size_t q_w = size_t(nh) * hd, kv_w = size_t(nkv) * hd;
+  // The CPU parts: logits and staged V rows, host-to-device on the copy stream.
+  size_t n_logits = 0, n_values = 0;
+  int max_total = 1;
+  for (int b = 0; b < n; ++b) {
+    n_logits += size_t(nh) * rows[b].cpu.k;
+    n_values += size_t(nkv) * rows[b].cpu.k * hd;
+    max_total = std::max(max_total, rows[b].cpu.k + rows[b].kv->n_window() + 1);
+  }
+  float* logits = static_cast<float*>(
+      logits_dev_.need(std::max<size_t>(n_logits, 1) * 4, "the CPU stage's logits"));
+  uint16_t* values = static_cast<uint16_t*>(
+      values_dev_.need(std::max<size_t>(n_values, 1) * 2, "the CPU stage's V rows"));
+  std::vector<size_t> lo_off(n), va_off(n);
+  size_t lo = 0, va = 0;
+  for (int b = 0; b < n; ++b) {
+    const CpuPart& c = rows[b].cpu;
+    lo_off[b] = lo;
+    va_off[b] = va;
+    if (c.k > 0) {
+      CUDA_CHECK(cudaMemcpyAsync(logits + lo, c.logits, size_t(nh) * c.k * 4,
+                                 cudaMemcpyHostToDevice, st_.copy));
+      CUDA_CHECK(cudaMemcpyAsync(values + va, c.values, size_t(nkv) * c.k * hd * 2,
+                                 cudaMemcpyHostToDevice, st_.copy));
+    }
+    lo += size_t(nh) * c.k;
+    va += size_t(nkv) * c.k * hd;
+  }
+  CUDA_CHECK(cudaEventRecord(st_.copied, st_.copy));
+
+  // q, k, v of the new tokens (host_io: copy in; else they are device rows already).
+  const float *q = rows[0].q, *kn = rows[0].k_new, *vn = rows[0].v_new;
+  float* out = rows[0].out;
+  if (st_.host_io) {
+    float* qd = static_cast<float*>(q_dev_.need(n * q_w * 4, "decode q"));
+    float* kd = static_cast<float*>(k_dev_.need(n * kv_w * 4, "decode k"));
+    float* vd = static_cast<float*>(v_dev_.need(n * kv_w * 4, "decode v"));
+    out = static_cast<float*>(out_dev_.need(n * q_w * 4, "decode out"));
+    for (int b = 0; b < n; ++b) {
+      CUDA_CHECK(
+          cudaMemcpyAsync(qd + b * q_w, rows[b].q, q_w * 4, cudaMemcpyHostToDevice, st_.compute));
+      CUDA_CHECK(cudaMemcpyAsync(kd + b * kv_w, rows[b].k_new, kv_w * 4, cudaMemcpyHostToDevice,
+                                 st_.compute));
+      CUDA_CHECK(cudaMemcpyAsync(vd + b * kv_w, rows[b].v_new, kv_w * 4, cudaMemcpyHostToDevice,
+                                 st_.compute));
+    }
+    q = qd, kn = kd, vn = vd;
+  }
+  float* scores = static_cast<float*>(
+      scores_dev_.need(size_t(n) * nh * max_total * 4, "decode attention scores"));
+  rows_host_.resize(n);
+  for (int b = 0; b < n; ++b) {
+    const DecodeRow& r = rows[b];
+    const CudaWindowStore* w = cuda_window(*r.kv);
+    RowDesc& x = rows_host_[b];
+    x.q = st_.host_io ? q + b * q_w : r.q;
+    x.k_new = st_.host_io ? kn + b * kv_w : r.k_new;
+    x.v_new = st_.host_io ? vn + b * kv_w : r.v_new;
+    x.wk = w ? w->device_keys() : nullptr;
+    x.wv = w ? w->device_values() : nullptr;
+    x.cap = w ? w->capacity() : 1;
+    x.first_slot = r.kv->window_first_slot();
+    x.nw = r.kv->n_window();
+    x.n_off = r.kv->n_offloaded();
+    x.lo_pos = d_.sliding_window > 0 ? r.pos - d_.sliding_window + 1 : 0;
+    x.k = r.cpu.k;
+    x.cpu_logits = logits + lo_off[b];
+    x.cpu_values = values + va_off[b];
+    x.out = st_.host_io ? out + b * q_w : r.out;
+    x.scores = scores + size_t(b) * nh * max_total;
+    x.score_stride = max_total;
+  }
+  RowDesc* rd = static_cast<RowDesc*>(rows_dev_.need(sizeof(RowDesc) * n, "decode rows"));
+  CUDA_CHECK(cudaMemcpyAsync(rd, rows_host_.data(), sizeof(RowDesc) * n, cudaMemcpyHostToDevice,
+                             st_.compute));
+  CUDA_CHECK(cudaStreamWaitEvent(st_.compute, st_.copied, 0));
+  cuda::decode_merge(rd, n, nh, d_.group(), hd, d_.scale(), st_.compute);
+  bool any_heavy = false;
+  for (int b = 0; b < n; ++b) any_heavy = any_heavy || rows[b].heavy;
+  if (any_heavy) {
+    probs_host_.resize(size_t(n) * nh * max_total);
+    CUDA_CHECK(cudaMemcpyAsync(probs_host_.data(), scores, probs_host_.size() * 4,
+                               cudaMemcpyDeviceToHost, st_.compute));
+  }
+  if (st_.host_io)
+    for (int b = 0; b < n; ++b)
+      CUDA_CHECK(cudaMemcpyAsync(rows[b].out, out + b * q_w, q_w * 4, cudaMemcpyDeviceToHost,
+                                 st_.compute));
+  CUDA_CHECK(cudaStreamSynchronize(st_.compute));
+  for (int b = 0; b < n; ++b) {
+    const DecodeRow& r = rows[b];
+    if (r.heavy) {  // H2O's score: attention mass per position, summed over the group
+      const int k = r.cpu.k, nw = r.kv->n_window(), n_off = r.kv->n_offloaded(), p = r.pos;
+      r.heavy->scores_for_update(0, p + 1);
+      for (int qh = 0; qh < nh; ++qh) {
+        const int h = qh / d_.group();
+        const float* pr = probs_host_.data() + (size_t(b) * nh + qh) * max_total;
+        float* sc = r.heavy->scores_for_update(h, p + 1);
+        for (int j = 0; j < k; ++j) sc[r.cpu.sel[int64_t(h) * k + j]] += pr[j];
+        for (int i = 0; i < nw; ++i) sc[n_off + i] += pr[k + i];
+        sc[p] += pr[k + nw];
+      }
+    }
+    // The new token enters the window (host_io: from the host row); the oldest leaves it.
+    // (Without host_io, k_new/v_new are device rows; TieredLayerKv::append still writes tokens
+    // that skip the window (window 0) from host memory: that mode is not wired yet.)
+    r.kv->append(1, r.k_new, r.v_new);
+  }
+}
+
+// Exact attention over both tiers: the tokens are appended first (in bulk), then each
+// sequence's offloaded K/V go host-to-device (bf16, one 2-D copy per K/V: the stores are
+// [n_kv_heads, capacity, head_dim]) and one kernel attends over them and the window.
+ExactResult CudaDeviceStage::exact(int il, const ExactBatch& b, bool stream_offloaded) {
+  (void)il;
+  ExactResult res;
+  const int n = b.n, hd = d_.head_dim, nkv = d_.n_kv_heads, nh = d_.n_heads;
+  const int64_t q_w = int64_t(nh) * hd, kv_w = int64_t(nkv) * hd;
+  for (int t = 0; t < n;) {
+    int e = t + 1;
+    while (e < n && b.kv[e] == b.kv[t] && b.pos[e] == b.pos[e - 1] + 1) ++e;
+    kv::TieredLayerKv& kv = *b.kv[t];
+    HG_CHECK(kv.length() == b.pos[t],
+             "hybrid attention (cuda): sequence " + std::to_string(b.seq[t]) + " holds " +
+                 std::to_string(kv.length()) + " tokens, the step appends at " +
+                 std::to_string(b.pos[t]));
+    kv.append(e - t, b.k + t * kv_w, b.v + t * kv_w);
+    t = e;
+  }
+  std::vector<kv::TieredLayerKv*> distinct;
+  std::vector<int32_t> idx(n);
+  for (int t = 0; t < n; ++t) {
+    auto it = std::find(distinct.begin(), distinct.end(), b.kv[t]);
+    idx[t] = int32_t(it - distinct.begin());
+    if (it == distinct.end()) distinct.push_back(b.kv[t]);
+  }
+  // Offloaded K/V of every distinct sequence, one device buffer each for K and V.
+  size_t off_rows = 0, heavy_n = 0;
+  int max_len = 1;
+  for (kv::TieredLayerKv* kv : distinct) {
+    off_rows += size_t(kv->n_offloaded());
+    max_len = std::max(max_len, kv->length());
+  }
+  bool any_heavy = false;
+  std::vector<kv::HeavyHitterAccumulator*> heavy_of(distinct.size(), nullptr);
+  for (int t = 0; t < n; ++t)
+    if (b.heavy && b.heavy[t]) heavy_of[idx[t]] = b.heavy[t], any_heavy = true;
+  std::vector<size_t> heavy_off(distinct.size(), 0);
+  for (size_t s = 0; s < distinct.size(); ++s) {
+    heavy_off[s] = heavy_n;
+    if (heavy_of[s]) heavy_n += size_t(nkv) * distinct[s]->length();
+  }
+  uint16_t* ok = static_cast<uint16_t*>(
+      off_k_dev_.need(std::max<size_t>(off_rows, 1) * kv_w * 2, "offloaded keys on the device"));
+  uint16_t* ov = static_cast<uint16_t*>(
+      off_v_dev_.need(std::max<size_t>(off_rows, 1) * kv_w * 2, "offloaded values on the device"));
+  float* heavy =
+      any_heavy ? static_cast<float*>(heavy_dev_.need(heavy_n * 4, "H2O scores")) : nullptr;
+  if (heavy) CUDA_CHECK(cudaMemsetAsync(heavy, 0, heavy_n * 4, st_.compute));
+  cudaEvent_t t0 = nullptr, t1 = nullptr;
+  if (stream_offloaded) {
+    CUDA_CHECK(cudaEventCreate(&t0));
+    CUDA_CHECK(cudaEventCreate(&t1));
+    CUDA_CHECK(cudaEventRecord(t0, st_.compute));
+  }
+  seqs_host_.resize(distinct.size());
+  size_t row = 0;
+  for (size_t s = 0; s < distinct.size(); ++s) {
+    const kv::TieredLayerKv& kv = *distinct[s];
+    const int n_off = kv.n_offloaded();
+    SeqDesc& x = seqs_host_[s];
+    x.ok = ok + row * kv_w;
+    x.ov = ov + row * kv_w;
+    if (n_off > 0) {
+      const size_t width = size_t(n_off) * hd * 2;
+      const size_t src_pitch = size_t(kv.key_store().head_stride()) * 2;
+      CUDA_CHECK(cudaMemcpy2DAsync(const_cast<uint16_t*>(x.ok), width, kv.key_store().data(),
+                                   src_pitch, width, nkv, cudaMemcpyHostToDevice, st_.compute));
+      CUDA_CHECK(cudaMemcpy2DAsync(const_cast<uint16_t*>(x.ov), width, kv.value_store().data(),
+                                   size_t(kv.value_store().head_stride()) * 2, width, nkv,
+                                   cudaMemcpyHostToDevice, st_.compute));
+      if (stream_offloaded) res.bytes_moved += uint64_t(n_off) * kv_w * 2;
+    }
+    row += size_t(n_off);
+    const CudaWindowStore* w = cuda_window(kv);
+    x.wk = w ? w->device_keys() : nullptr;
+    x.wv = w ? w->device_values() : nullptr;
+    x.cap = w ? w->capacity() : 1;
+    x.first_slot = kv.window_first_slot();
+    x.n_off = n_off;
+    x.len = kv.length();
+    x.heavy = heavy_of[s] ? heavy + heavy_off[s] : nullptr;
+  }
+  if (stream_offloaded) {
+    CUDA_CHECK(cudaEventRecord(t1, st_.compute));
+  }
+  SeqDesc* sd =
+      static_cast<SeqDesc*>(seqs_dev_.need(sizeof(SeqDesc) * distinct.size(), "exact seqs"));
+  CUDA_CHECK(cudaMemcpyAsync(sd, seqs_host_.data(), sizeof(SeqDesc) * distinct.size(),
+                             cudaMemcpyHostToDevice, st_.compute));
+  int32_t* id = static_cast<int32_t*>(idx_dev_.need(sizeof(int32_t) * n, "exact index"));
+  int32_t* pd = static_cast<int32_t*>(pos_dev_.need(sizeof(int32_t) * n, "exact positions"));
+  CUDA_CHECK(
+      cudaMemcpyAsync(id, idx.data(), sizeof(int32_t) * n, cudaMemcpyHostToDevice, st_.compute));
+  CUDA_CHECK(cudaMemcpyAsync(pd, b.pos, sizeof(int32_t) * n, cudaMemcpyHostToDevice, st_.compute));
+  const float* q = b.q;
+  float* out = b.out;
+  if (st_.host_io) {
+    float* qd = static_cast<float*>(q_dev_.need(size_t(n) * q_w * 4, "exact q"));
+    CUDA_CHECK(cudaMemcpyAsync(qd, b.q, size_t(n) * q_w * 4, cudaMemcpyHostToDevice, st_.compute));
+    q = qd;
+    out = static_cast<float*>(out_dev_.need(size_t(n) * q_w * 4, "exact out"));
+  }
+  // Scores scratch [tokens, n_heads, max_len]: tokens in groups that keep it under 256 MiB.
+  const size_t per_token = size_t(nh) * max_len * 4;
+  const int group_tokens = int(std::max<size_t>(1, (size_t(256) << 20) / per_token));
+  float* scores = static_cast<float*>(
+      scores_dev_.need(per_token * size_t(std::min(n, group_tokens)), "exact attention scores"));
+  for (int t0i = 0; t0i < n; t0i += group_tokens) {
+    const int nt = std::min(group_tokens, n - t0i);
+    cuda::exact_attention_tiers(sd, id + t0i, pd + t0i, q + int64_t(t0i) * q_w,
+                                out + int64_t(t0i) * q_w, scores, max_len, nt, nh, d_.group(), hd,
+                                d_.scale(), d_.sliding_window, st_.compute);
+  }
+  if (st_.host_io)
+    CUDA_CHECK(
+        cudaMemcpyAsync(b.out, out, size_t(n) * q_w * 4, cudaMemcpyDeviceToHost, st_.compute));
+  if (heavy) {
+    heavy_host_.resize(heavy_n);
+    CUDA_CHECK(cudaMemcpyAsync(heavy_host_.data(), heavy, heavy_n * 4, cudaMemcpyDeviceToHost,
+                               st_.compute));
+  }
+  CUDA_CHECK(cudaStreamSynchronize(st_.compute));
+  if (stream_offloaded) {
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
+    res.t_tx = double(ms) * 1e-3;
+    (void)cudaEventDestroy(t0);
+    (void)cudaEventDestroy(t1);
+  }
+  for (size_t s = 0; s < distinct.size(); ++s) {
+    if (!heavy_of[s]) continue;
+    const int len = distinct[s]->length();
+    heavy_of[s]->scores_for_update(0, len);
+    for (int h = 0; h < nkv; ++h) {
+      float* dst = heavy_of[s]->scores_for_update(h, len);
+      const float* src = heavy_host_.data() + heavy_off[s] + size_t(h) * len;
+      for (int j = 0; j < len; ++j) dst[j] += src[j];
+    }
+  }
+  return res;
+}
+
+}  // namespace
+
+bool cuda_device_stage_available(std::string* why) { return cuda_available(why); }
+
+std::unique_ptr<DeviceStage> make_cuda_device_stage(const ModelDims& dims,
+                                                    memory::HostAllocator& alloc,
+                                                    const CudaStageOptions& options) {
+  std::string why;
+  if (!cuda_device_stage_available(&why)) fail("the CUDA device stage: " + why);
+  return std::make_unique<CudaDeviceStage>(dims, alloc, options);
+}
+
+}  // namespace hybridgen::runtime

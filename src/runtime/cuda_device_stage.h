@@ -1,0 +1,41 @@
+// The CUDA device stage of the split runtime (runtime/device_stage.h), implemented in
+// kernels/cuda_device_stage.cu when the library is built with CUDA; without CUDA the factory
+// throws (src/runtime/cuda_device_stage_stub.cpp) and cuda_device_stage_available() says why.
+//
+// What it keeps on the device and does there:
+//   - the window ring per (sequence, layer): bf16 K and V, [n_kv_heads, W slots, head_dim]
+//     (CudaWindowStore); writes convert float32 K/V to bf16 on the device; eviction exports the
+//     oldest slots device-to-host straight into the host stores' rows (one 2-D copy per K/V);
+//   - decode: the CPU stage's logits and staged V rows go host-to-device on a copy stream, the
+//     compute stream waits on its event; one kernel per layer computes the window's and the new
+//     token's logits, softmax over the CPU part + window + new token, and the value aggregation
+//     (order-free: the same terms as monolithic attention, summed in another order);
+//   - exact attention (prefill, aog): the offloaded K/V go host-to-device (bf16) and one kernel
+//     attends over them and the window;
+//   - T_gpu from CUDA events (begin_step / step_seconds).
+//
+// host_io: the runtime's q/k/v/out and layer inputs are HOST pointers (the CPU Transformer
+// drives the stage; the tests compare it with CpuDeviceStage layer by layer): the stage copies
+// them in and out. Without host_io they are device pointers (a CUDA forward pass; not wired yet).
+#pragma once
+#include <memory>
+#include <string>
+
+#include "memory/allocator.h"
+#include "runtime/device_stage.h"
+
+namespace hybridgen::runtime {
+
+struct CudaStageOptions {
+  bool host_io = true;
+};
+
+// True when this build has the CUDA device stage and a GPU that runs its kernels.
+bool cuda_device_stage_available(std::string* why);
+
+// Throws hybridgen::Error when !cuda_device_stage_available().
+std::unique_ptr<DeviceStage> make_cuda_device_stage(const ModelDims& dims,
+                                                    memory::HostAllocator& alloc,
+                                                    const CudaStageOptions& options = {});
+
+}  // namespace hybridgen::runtime

@@ -1,0 +1,181 @@
+// Attention policies as DATA (../shared/DESIGN.md, "The split runtime"): one table says, per
+// policy, which offloaded tokens the CPU stage scores, which it keeps, where their logits are
+// computed and what the device stage merges. The hybrid runtime (runtime/hybrid_attention.h)
+// reads this table and nothing else to decide what a policy does; a new baseline is a new row.
+//
+//   policy        window    decode      CPU stage scores           keeps        logits  merge
+//   hybrid        --window  split       plan: all / Post / Pre     top-K / all  CPU     CPU+win
+//   keyformer     --window  split       every offloaded (Post)     top-K        CPU     CPU+win
+//   h2o           --window  split       K predicted (heavy+recent) those K      CPU     CPU+win
+//   streamingllm  --window  split       the sinks (Pre)            the sinks    CPU     CPU+win
+//   infinigen     --window  split       K predicted (partial dims) those K      CPU     CPU+win
+//   aoc           0         host exact  every token, V included    all          CPU     CPU result
+//   aog           0         stream all  none (K/V shipped)         all          device  all
+//   (CPU+win: the CPU part's logits and staged V rows with the window's, in position order)
+//
+// "plan" (hybrid): --selection adaptive follows the feedback scheduler's plan (Algorithm 1: K and
+// Post-/Pre-QKT); post / pre fix the mode, off keeps every offloaded token.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "cpu/logits.h"
+#include "hybridgen/config.h"
+#include "runtime/scheduler.h"
+
+namespace hybridgen::runtime {
+
+enum class Policy : uint8_t {
+  kFull,
+  kHybrid,
+  kAog,
+  kAoc,
+  kH2o,
+  kStreamingLlm,
+  kKeyformer,
+  kInfinigen,
+};
+// Throws hybridgen::Error naming the flag and the valid names for an unknown policy.
+Policy parse_policy(const std::string& name);
+const char* policy_name(Policy p);
+
+enum class Predictor : uint8_t { kHeavy, kSinksRecent, kPartial };
+enum class SelectionControl : uint8_t { kAdaptive, kPost, kPre, kOff };
+
+// How a decode step's attention runs for a policy.
+enum class DecodePath : uint8_t {
+  kOneTier,    // full: the KV-cache manager, no hybrid runtime
+  kSplit,      // CPU stage (offloaded logits, selection, V gather) + device merge with the window
+  kHostExact,  // aoc: exact attention over the offloaded tokens entirely on the CPU
+  kStreamAll,  // aog: every offloaded K/V copied to the device each layer, exact attention there
+};
+
+// What the CPU stage does with one row's offloaded tokens.
+enum class Scoring : uint8_t {
+  kNone,      // nothing offloaded (or nothing to attend)
+  kAll,       // logits of every offloaded token, all kept
+  kPostTopK,  // Post-QKT: logits of every offloaded token, the top K kept
+  kPreK,      // Pre-QKT: K tokens predicted first, logits of those only
+};
+const char* scoring_name(Scoring s);
+
+// Where K comes from.
+enum class KSource : uint8_t {
+  kAll,    // every offloaded token (no selection)
+  kPlan,   // the scheduler's plan (hybrid --selection adaptive|post|pre; --k fixes it)
+  kFixed,  // --k, default K_min (fixed-K baselines)
+  kSinks,  // the attention sinks (streamingllm)
+};
+
+// Where the offloaded tokens' logits are computed.
+enum class LogitsOn : uint8_t { kCpu, kDevice };
+
+// One row of the policy table.
+struct PolicyRow {
+  Policy policy;
+  const char* name;
+  bool window_zero;  // every token offloaded (the --window flag is ignored)
+  DecodePath decode;
+  bool pipelined;  // the CPU stage may run one layer ahead with the speculative query
+  bool scheduler;  // the feedback scheduler adapts K and the mode (unless --k or off)
+  KSource k_source;
+  Scoring scoring;      // fixed scoring; for KSource::kPlan the plan's mode decides
+  bool own_predictor;   // Pre-QKT predictor fixed by the policy (else --predictor)
+  Predictor predictor;  // when own_predictor
+  int recent_divisor;   // > 0: K / recent_divisor of the predicted tokens are the most recent
+  LogitsOn logits_on;
+  const char* merge;  // what the device stage merges (docs and -v)
+};
+
+// The table, one row per policy (kFull included: one tier, no runtime).
+const std::vector<PolicyRow>& policy_table();
+const PolicyRow& policy_row(Policy p);
+
+// AttentionOptions resolved against a model and a context (what the runtime executes).
+struct HybridConfig {
+  Policy policy = Policy::kHybrid;
+  int window = 0;   // effective device window (tokens per sequence and layer)
+  int k_min = 128;  // the scheduler's floor
+  int k_fixed = 0;  // > 0: this K always (no K adaptation)
+  SelectionControl selection = SelectionControl::kAdaptive;
+  Predictor predictor = Predictor::kHeavy;
+  bool speculative = true;
+  int cpu_threads = 1;
+  int n_sinks = 4;       // streamingllm and the sinks+recent predictor
+  int partial_dims = 0;  // InfiniGen-style predictor: query dimensions used (0: head_dim / 4)
+  cpu::LogitsPath logits_path = cpu::LogitsPath::kAuto;
+  bool trace = false;  // record StageEvents
+  // The device stage waits at most this long for a CPU-stage result; then the step fails with
+  // an error naming the layer (a stalled CPU stage is an error, not a hang) and the runtime
+  // refuses further steps (the engine must be reloaded).
+  double stall_timeout_s = 60;
+  // Speculation where it is measured to work: after this many decode steps, layers whose
+  // speculated query's mean cosine similarity to the true query is below speculation_min_cosine
+  // switch to the true query (their CPU stage runs synchronously). 0 steps: never switch.
+  int speculation_warmup_steps = 4;
+  double speculation_min_cosine = 0.9;
+  uint64_t device_memory_bytes = 0;  // window budget over all sequences and layers; 0: none
+  // Fault injection and tests: called by the CPU stage before each layer's work (may sleep or
+  // throw). Unset in normal runs.
+  std::function<void(int layer)> cpu_stage_hook;
+};
+
+// Validates the public options (errors name the flag) and resolves defaults:
+// window -1 -> n_ctx / 10; a window above the context is clamped to it (everything stays on the
+// device) with a warning; aog and aoc use window 0; k 0 -> k_min; cpu_threads 0 -> half of
+// n_threads (at least 1).
+HybridConfig resolve_attention_options(const AttentionOptions& o, int n_ctx, int head_dim,
+                                       int n_threads);
+
+// The decisions the table gives for a configuration (fixed for the runtime's lifetime).
+struct PolicyPlan {
+  const PolicyRow* row = nullptr;
+  bool pipelined = false;       // a CPU-stage worker thread (speculation on and the row allows it)
+  bool uses_scheduler = false;  // the feedback scheduler runs
+  bool uses_heavy = false;      // heavy-hitter scores are accumulated (H2O predictor)
+  int max_k = 0;                // the largest K a row can keep (V staging size)
+};
+PolicyPlan plan_policy(const HybridConfig& c, int n_ctx);
+
+// What the CPU stage does for one row with `avail` attendable offloaded tokens this step.
+struct RowPlan {
+  Scoring scoring = Scoring::kNone;
+  int k = 0;  // tokens kept per KV head (== avail for kAll)
+  Predictor predictor = Predictor::kHeavy;
+  int n_recent = 0;  // of the K predicted, the most recent ones (H2O's recent half)
+};
+RowPlan plan_row(const HybridConfig& c, const SchedulerPlan& step, int avail);
+
+// The step's plan as the stats report it (K and mode of the next step): the scheduler's plan
+// for kPlan rows, the policy's fixed choice otherwise. sched: nullptr when no scheduler runs.
+SchedulerPlan effective_plan(const HybridConfig& c, const FeedbackScheduler* sched);
+// "post-qkt" / "pre-qkt" / "all" for the stats' mode_now; k for the stats' k_now.
+void reported_choice(const HybridConfig& c, const SchedulerPlan& p, int* k_now,
+                     std::string* mode_now);
+
+// --policy auto (issue 14 item 5): full attention while the whole context's KV of every sequence
+// fits in free device memory beside the weights and activations, otherwise hybrid with the
+// largest window that fits. --gpu-memory-mb caps the KV's device memory in both comparisons, so
+// offloading can be forced on a GPU with room to spare. All sizes in bytes.
+struct DeviceBudget {
+  uint64_t free_bytes = 0;               // free device memory before loading (cudaMemGetInfo)
+  uint64_t weight_bytes = 0;             // the weights as the device holds them
+  uint64_t activation_bytes = 0;         // activations and workspaces at the largest batch
+  uint64_t full_kv_bytes_per_token = 0;  // K+V of one token, all layers, as full attention keeps it
+  uint64_t window_bytes_per_token = 0;   // K+V of one token, all layers, in the hybrid window
+  uint64_t cap_bytes = 0;                // --gpu-memory-mb (0: no cap)
+  int n_ctx = 0;
+  int max_sequences = 1;
+};
+struct AutoChoice {
+  Policy policy = Policy::kFull;
+  int window = 0;      // hybrid: tokens per sequence and layer (<= n_ctx)
+  std::string reason;  // the numbers behind the choice, for the log
+};
+// Throws hybridgen::Error (what was asked, what is free, the flags that lower it: -c, -b,
+// --gpu-memory-mb) when the weights and activations alone do not fit.
+AutoChoice choose_auto_policy(const DeviceBudget& b);
+
+}  // namespace hybridgen::runtime
