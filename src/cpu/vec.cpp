@@ -25,6 +25,16 @@ void axpy_portable(float w, const float* x, float* y, int n) {
 #pragma omp simd
   for (int i = 0; i < n; ++i) y[i] += w * x[i];
 }
+float dot_bf16_portable(const float* a, const uint16_t* b, int n) {
+  float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+  for (int i = 0; i < n; ++i) acc += a[i] * bf16_to_f32(b[i]);
+  return acc;
+}
+void axpy_bf16_portable(float w, const uint16_t* x, float* y, int n) {
+#pragma omp simd
+  for (int i = 0; i < n; ++i) y[i] += w * bf16_to_f32(x[i]);
+}
 void to_bf16_portable(const float* src, uint16_t* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
 }
@@ -64,6 +74,32 @@ HG_AVX2 void axpy_avx2(float w, const float* x, float* y, int n) {
   for (; i + 8 <= n; i += 8)
     _mm256_storeu_ps(y + i, _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
   for (; i < n; ++i) y[i] += w * x[i];
+}
+
+HG_AVX2 inline __m256 widen8_avx2(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+HG_AVX2 float dot_bf16_avx2(const float* a, const uint16_t* b, int n) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), widen8_avx2(b + i), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), widen8_avx2(b + i + 8), acc1);
+  }
+  for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), widen8_avx2(b + i), acc0);
+  float s = hsum256(_mm256_add_ps(acc0, acc1));
+  for (; i < n; ++i) s += a[i] * bf16_to_f32(b[i]);
+  return s;
+}
+
+HG_AVX2 void axpy_bf16_avx2(float w, const uint16_t* x, float* y, int n) {
+  const __m256 wv = _mm256_set1_ps(w);
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(wv, widen8_avx2(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += w * bf16_to_f32(x[i]);
 }
 
 // Round to nearest even on the bit pattern, NaN truncated and forced quiet: f32_to_bf16's rule.
@@ -127,6 +163,33 @@ HG_AVX512 void axpy_avx512(float w, const float* x, float* y, int n) {
   }
 }
 
+HG_AVX512 inline __m512 widen16_avx512(const uint16_t* p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
+HG_AVX512 float dot_bf16_avx512(const float* a, const uint16_t* b, int n) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int i = 0;
+  for (; i + 32 <= n; i += 32) {
+    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), widen16_avx512(b + i, 0xFFFF), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), widen16_avx512(b + i + 16, 0xFFFF), acc1);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
+    acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), widen16_avx512(b + i, m), acc0);
+  }
+  return hsum512(_mm512_add_ps(acc0, acc1));
+}
+
+HG_AVX512 void axpy_bf16_avx512(float w, const uint16_t* x, float* y, int n) {
+  const __m512 wv = _mm512_set1_ps(w);
+  for (int i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(
+        y + i, m, _mm512_fmadd_ps(wv, widen16_avx512(x + i, m), _mm512_maskz_loadu_ps(m, y + i)));
+  }
+}
+
 HG_AVX512 void to_bf16_avx512(const float* src, uint16_t* dst, int64_t n) {
   const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF);
   const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF), inf = _mm512_set1_epi32(0x7F800000);
@@ -152,9 +215,12 @@ HG_AVX512 void from_bf16_avx512(const uint16_t* src, float* dst, int64_t n) {
 }
 
 // One row per level (avx512bf16 shares avx512's: nothing here gains from BF16 instructions).
-constexpr VecKernels kPortable{dot_portable, axpy_portable, to_bf16_portable, from_bf16_portable};
-constexpr VecKernels kAvx2{dot_avx2, axpy_avx2, to_bf16_avx2, from_bf16_avx2};
-constexpr VecKernels kAvx512{dot_avx512, axpy_avx512, to_bf16_avx512, from_bf16_avx512};
+constexpr VecKernels kPortable{dot_portable,       axpy_portable,    dot_bf16_portable,
+                               axpy_bf16_portable, to_bf16_portable, from_bf16_portable};
+constexpr VecKernels kAvx2{dot_avx2,       axpy_avx2,    dot_bf16_avx2,
+                           axpy_bf16_avx2, to_bf16_avx2, from_bf16_avx2};
+constexpr VecKernels kAvx512{dot_avx512,       axpy_avx512,    dot_bf16_avx512,
+                             axpy_bf16_avx512, to_bf16_avx512, from_bf16_avx512};
 
 }  // namespace
 

@@ -14,6 +14,10 @@ struct VecKernels {
   float (*dot)(const float* a, const float* b, int n);
   // y[i] += w * x[i].   x, y: [n]
   void (*axpy)(float w, const float* x, float* y, int n);
+  // Σ a[i] * float(b[i]) with b in bf16 (the host key stores).   a: [n] f32, b: [n] bf16
+  float (*dot_bf16)(const float* a, const uint16_t* b, int n);
+  // y[i] += w * float(x[i]) with x in bf16 (the host value stores).   x: [n] bf16, y: [n]
+  void (*axpy_bf16)(float w, const uint16_t* x, float* y, int n);
   // dst[i] = bf16(src[i]), round to nearest even, NaN kept quiet: bit-identical to
   // hybridgen::f32_to_bf16 on every path.   src: [n] float32, dst: [n] bf16
   void (*to_bf16)(const float* src, uint16_t* dst, int64_t n);

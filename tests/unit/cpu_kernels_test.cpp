@@ -99,6 +99,21 @@ TEST(VecKernels, DotAndAxpyMatchDoubleReferenceOnEveryLevel) {
         mag += std::fabs(double(a[i]) * b[i]);
       }
       EXPECT_NEAR(k.dot(a.data(), b.data(), n), ref, 1e-6 * mag + 1e-7);
+      // bf16 right-hand side (the host key/value stores): exact widening, f32 products
+      std::vector<uint16_t> bb(n);
+      double ref16 = 0;
+      for (int i = 0; i < n; ++i) {
+        bb[i] = f32_to_bf16(b[i]);
+        ref16 += double(a[i]) * bf16_to_f32(bb[i]);
+      }
+      EXPECT_NEAR(k.dot_bf16(a.data(), bb.data(), n), ref16, 1e-6 * mag + 1e-7);
+      auto z = randn(n, rng);
+      const auto z0 = z;
+      k.axpy_bf16(-1.5f, bb.data(), z.data(), n);
+      for (int i = 0; i < n; ++i)
+        ASSERT_NEAR(z[i], z0[i] - 1.5 * bf16_to_f32(bb[i]),
+                    1e-6 * (std::fabs(z0[i]) + 2 * std::fabs(b[i])))
+            << "axpy_bf16 element " << i;
       auto y = randn(n, rng);
       const auto y0 = y;
       k.axpy(0.37f, a.data(), y.data(), n);
