@@ -106,7 +106,7 @@ CompletionRequest parse_request(Endpoint endpoint, std::string_view body,
   json j;
   try {
     j = json::parse(body);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for 1e999
     throw ApiError(400, std::string("the request body is not valid JSON: ") + e.what(), "body");
   }
   if (!j.is_object())
@@ -209,6 +209,7 @@ CompletionRequest parse_request(Endpoint endpoint, std::string_view body,
     if (get_int(*v, "n", 1, 1 << 30) != 1) bad("n", "only n = 1 is supported");
   }
   if (const json* v = field(j, "stream")) r.stream = get_bool(*v, "stream");
+  if (const json* v = field(j, "ignore_eos")) r.ignore_eos = get_bool(*v, "ignore_eos");
   if (const json* v = field(j, "stream_options")) {
     if (!v->is_object()) bad("stream_options", "must be an object, got " + type_name(*v));
     if (!r.stream) bad("stream_options", "is only allowed with stream: true");

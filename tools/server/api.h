@@ -66,6 +66,7 @@ struct CompletionRequest {
   std::vector<std::string> stop;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
+  bool ignore_eos = false;     // extension (llama.cpp's server has it): generate max_tokens
 };
 
 // Parses a request body. Throws ApiError (400, naming the field) on malformed JSON, a body that

@@ -84,6 +84,7 @@ Batcher::Batcher(Engine& engine, const BatcherOptions& options) : engine_(engine
   HG_CHECK(opt_.parallel >= 1, "--parallel must be >= 1");
   HG_CHECK(opt_.max_queue >= 0, "--queue must be >= 0");
   HG_CHECK(opt_.prefill_chunk >= 1, "--prefill-chunk must be >= 1");
+  HG_CHECK(opt_.max_decode_rows >= 0, "--decode-rows must be >= 0");
   thread_ = std::thread([this] { run(); });
 }
 
@@ -171,7 +172,8 @@ std::string Batcher::handle_token(Active& a, int32_t token) {
     std::lock_guard<std::mutex> lock(mu_);
     ++metrics_.generated_tokens;
   }
-  if (engine_.is_end_of_generation(token)) return "stop";  // its text is not shown
+  if (a.job->stop_at_eog && engine_.is_end_of_generation(token))
+    return "stop";  // its text is not shown
   a.utf8 += engine_.token_bytes(token);
   const size_t hold = incomplete_utf8_tail(a.utf8);
   const std::string complete = a.utf8.substr(0, a.utf8.size() - hold);
@@ -208,7 +210,7 @@ void Batcher::admit(std::vector<std::unique_ptr<Active>>& active) {
 
 void Batcher::run() {
   std::vector<std::unique_ptr<Active>> active;
-  std::vector<float> logits;
+  std::vector<float> logits, step_logits;
   const int vocab = engine_.info().vocab_size;
   const bool hybrid = engine_.attention_stats().policy != "full";
   while (true) {
@@ -270,8 +272,14 @@ void Batcher::run() {
           owners.push_back(a.get());
         }
       if (!inputs.empty()) {
+        logits.resize(inputs.size() * size_t(vocab));
         const auto t0 = std::chrono::steady_clock::now();
-        engine_.step(inputs, logits);
+        const size_t group = opt_.max_decode_rows > 0 ? size_t(opt_.max_decode_rows) : inputs.size();
+        for (size_t g0 = 0; g0 < inputs.size(); g0 += group) {
+          const size_t g1 = std::min(inputs.size(), g0 + group);
+          engine_.step(std::span<const Engine::StepInput>(inputs).subspan(g0, g1 - g0), step_logits);
+          std::copy(step_logits.begin(), step_logits.end(), logits.begin() + g0 * size_t(vocab));
+        }
         for (size_t r = 0; r < owners.size(); ++r) {
           Active& a = *owners[r];
           a.next = -1;

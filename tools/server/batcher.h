@@ -36,6 +36,7 @@ class Job {
   int max_tokens = 16;
   SamplingParams sampling;
   std::vector<std::string> stop;
+  bool stop_at_eog = true;  // false: the request's ignore_eos
 
   // ---- consumer side ----
   struct Update {
@@ -70,6 +71,12 @@ struct BatcherOptions {
   int parallel = 4;         // sequences decoded together (the engine's max_sequences)
   int max_queue = 64;       // requests waiting for a slot; more are refused (429)
   int prefill_chunk = 512;  // prompt tokens per prefill forward pass
+  // Rows (sequences) per decode forward pass; 0: all in one. The CPU backend computes up to 4
+  // rows per pass over the weights with exactly the arithmetic of one row (its GEMV), so 4
+  // keeps every answer bitwise what it would be alone; more rows per pass go to oneDNN's GEMM,
+  // which reads the weights once for all of them (faster) but rounds differently, so a greedy
+  // answer can differ from the single-request one where two logits nearly tie.
+  int max_decode_rows = 4;
 };
 
 // Counters and gauges for /metrics, a consistent snapshot.

@@ -185,6 +185,12 @@ int main(int argc, char** argv) {
                  "stall less, prefill is slower)")
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
+  app.add_option("--decode-rows", bopt.max_decode_rows,
+                 "sequences per decode forward pass (0: all). The CPU backend's GEMV takes up "
+                 "to 4 rows with the arithmetic of one (answers bitwise independent of who "
+                 "else is served); more go to oneDNN's GEMM: faster, rounded differently")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app.add_option("--host", host, "address to bind (0.0.0.0: every interface)")
       ->capture_default_str();
   app.add_option("--port", port, "TCP port (0: any free port, printed at start)")
@@ -385,6 +391,7 @@ int main(int argc, char** argv) {
         job->sampling = r.sampling;
         if (!r.seed_given) job->sampling.seed = std::random_device{}();
         job->stop = r.stop;
+        job->stop_at_eog = !r.ignore_eos;
         const int n_prompt = static_cast<int>(job->prompt.size());
         switch (batcher.submit(job)) {
           case Batcher::Submit::kQueued:
