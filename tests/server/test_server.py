@@ -126,6 +126,7 @@ def json_error(status_body, expect_status, expect_param=None, got_status=None):
 # ---------------------------------------------------------------------------------------------
 def main():
     args = parse_args()
+    args.model = os.environ.get("HYBRIDGEN_DEFAULT_MODEL", args.model)
     if not os.path.exists(args.model):
         print(f"SKIP: the default model {args.model} is not downloaded "
               "(run models/fetch-default-model.sh)")

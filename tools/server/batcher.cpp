@@ -41,6 +41,16 @@ int Job::completion_tokens() const {
   return completion_tokens_;
 }
 
+std::vector<int32_t> Job::tokens() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return tokens_;
+}
+
+void Job::add_token(int32_t token) {
+  std::lock_guard<std::mutex> lock(mu_);
+  tokens_.push_back(token);
+}
+
 void Job::emit(const std::string& text) {
   if (text.empty()) return;
   {
@@ -168,13 +178,14 @@ void Batcher::end(std::unique_ptr<Active>& a, const std::string& reason, const s
 std::string Batcher::handle_token(Active& a, int32_t token) {
   ++a.generated;
   a.history.push_back(token);
+  a.job->add_token(token);
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++metrics_.generated_tokens;
   }
   if (a.job->stop_at_eog && engine_.is_end_of_generation(token))
     return "stop";  // its text is not shown
-  a.utf8 += engine_.token_bytes(token);
+  if (engine_.has_tokenizer()) a.utf8 += engine_.token_bytes(token);  // else: ids only
   const size_t hold = incomplete_utf8_tail(a.utf8);
   const std::string complete = a.utf8.substr(0, a.utf8.size() - hold);
   a.utf8.erase(0, a.utf8.size() - hold);

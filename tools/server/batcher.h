@@ -52,15 +52,18 @@ class Job {
   std::string finish_reason() const;
   std::string error() const;
   int completion_tokens() const;
+  std::vector<int32_t> tokens() const;  // every generated id so far (end of generation included)
 
   // ---- producer side (the engine thread) ----
   void emit(const std::string& text);
+  void add_token(int32_t token);
   void finish(const std::string& reason, int completion_tokens, const std::string& error = "");
 
  private:
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::string text_;
+  std::vector<int32_t> tokens_;
   bool finished_ = false;
   std::string finish_reason_, error_;
   int completion_tokens_ = 0;
