@@ -138,8 +138,8 @@ class Engine {
   int sequence_length(int seq) const;  // tokens in the KV cache of an open sequence
   int open_sequences() const;
   struct StepInput {
-    int seq = -1;                      // an open sequence
-    std::span<const int32_t> tokens;   // appended to it: a prefill chunk or one decode token
+    int seq = -1;                     // an open sequence
+    std::span<const int32_t> tokens;  // appended to it: a prefill chunk or one decode token
   };
   // One forward pass over all inputs. logits: [inputs.size(), vocab] row-major, the next-token
   // logits after each input's last token. Throws (naming the sequence and the context size)

@@ -219,12 +219,12 @@ TEST(StopMatcher, AfterStopNothingMore) {
 TEST(Utf8, IncompleteTail) {
   EXPECT_EQ(incomplete_utf8_tail(""), 0u);
   EXPECT_EQ(incomplete_utf8_tail("abc"), 0u);
-  EXPECT_EQ(incomplete_utf8_tail("a\xC3"), 1u);           // é's first byte
-  EXPECT_EQ(incomplete_utf8_tail("a\xC3\xA9"), 0u);       // é complete
-  EXPECT_EQ(incomplete_utf8_tail("\xE2\x82"), 2u);        // € missing its last byte
-  EXPECT_EQ(incomplete_utf8_tail("\xF0\x9F\x98"), 3u);    // an emoji missing one byte
+  EXPECT_EQ(incomplete_utf8_tail("a\xC3"), 1u);         // é's first byte
+  EXPECT_EQ(incomplete_utf8_tail("a\xC3\xA9"), 0u);     // é complete
+  EXPECT_EQ(incomplete_utf8_tail("\xE2\x82"), 2u);      // € missing its last byte
+  EXPECT_EQ(incomplete_utf8_tail("\xF0\x9F\x98"), 3u);  // an emoji missing one byte
   EXPECT_EQ(incomplete_utf8_tail("\xF0\x9F\x98\x80"), 0u);
-  EXPECT_EQ(incomplete_utf8_tail("\x80"), 0u);            // a stray continuation byte
+  EXPECT_EQ(incomplete_utf8_tail("\x80"), 0u);  // a stray continuation byte
 }
 
 TEST(Responses, ShapesAndInvalidUtf8) {

@@ -155,8 +155,8 @@ TEST(EngineStep, ChunkedPrefillAndStepsEqualGenerate) {
   ASSERT_EQ(logits.size(), size_t(vocab));
   std::vector<int32_t> got;
   for (int i = 0; i < 6; ++i) {
-    const int32_t tok = static_cast<int32_t>(
-        std::max_element(logits.begin(), logits.end()) - logits.begin());
+    const int32_t tok =
+        static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
     got.push_back(tok);
     if (i == 5) break;
     const Engine::StepInput d{seq, std::span<const int32_t>(&got.back(), 1)};

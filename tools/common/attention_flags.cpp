@@ -18,8 +18,7 @@ void add_attention_flags(CLI::App& app, AttentionOptions& a, AttentionFlagExtras
     app.add_option("--k-min", a.k_min,
                    "K_min: fewest offloaded tokens per KV head the scheduler uses")
         ->capture_default_str();
-    app.add_option("--k", a.k,
-                   "fixed K (h2o, keyformer, infinigen, hybrid); 0: K_min / adaptive")
+    app.add_option("--k", a.k, "fixed K (h2o, keyformer, infinigen, hybrid); 0: K_min / adaptive")
         ->capture_default_str();
     app.add_option("--selection", a.selection, "hybrid: adaptive, post, pre, off")
         ->capture_default_str();

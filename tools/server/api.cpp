@@ -137,16 +137,16 @@ CompletionRequest parse_request(Endpoint endpoint, std::string_view body,
     } else if (p->is_array()) {
       if (p->empty()) bad("prompt", "must not be empty");
       if ((*p)[0].is_string()) {
-        if (p->size() != 1) bad("prompt", "one prompt per request (got " +
-                                              std::to_string(p->size()) + " strings)");
+        if (p->size() != 1)
+          bad("prompt", "one prompt per request (got " + std::to_string(p->size()) + " strings)");
         r.prompt = (*p)[0].get<std::string>();
       } else {  // token ids
         r.prompt_is_ids = true;
-        const int64_t hi = limits.vocab_size > 0 ? limits.vocab_size - 1
-                                                 : std::numeric_limits<int32_t>::max();
+        const int64_t hi =
+            limits.vocab_size > 0 ? limits.vocab_size - 1 : std::numeric_limits<int32_t>::max();
         for (size_t i = 0; i < p->size(); ++i)
-          r.prompt_ids.push_back(static_cast<int32_t>(
-              get_int((*p)[i], "prompt[" + std::to_string(i) + "]", 0, hi)));
+          r.prompt_ids.push_back(
+              static_cast<int32_t>(get_int((*p)[i], "prompt[" + std::to_string(i) + "]", 0, hi)));
       }
     } else {
       bad("prompt", "must be a string, an array of one string or an array of token ids, got " +
@@ -255,9 +255,12 @@ size_t incomplete_utf8_tail(std::string_view s) {
     const auto c = static_cast<unsigned char>(s[n - back]);
     if ((c & 0xC0) == 0x80) continue;  // continuation byte: keep looking for the lead
     size_t need = 0;
-    if ((c & 0xE0) == 0xC0) need = 2;
-    else if ((c & 0xF0) == 0xE0) need = 3;
-    else if ((c & 0xF8) == 0xF0) need = 4;
+    if ((c & 0xE0) == 0xC0)
+      need = 2;
+    else if ((c & 0xF0) == 0xE0)
+      need = 3;
+    else if ((c & 0xF8) == 0xF0)
+      need = 4;
     return need > back ? back : 0;  // ASCII or an invalid lead: nothing to wait for
   }
   return 0;
@@ -306,19 +309,21 @@ json completion_body(Endpoint endpoint, const ResponseId& rid, const std::string
                      const std::string& finish_reason, const Usage& usage) {
   json choice;
   if (endpoint == Endpoint::kCompletions) {
-    choice = {{"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish_reason}};
+    choice = {
+        {"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish_reason}};
   } else {
     choice = {{"index", 0},
               {"message", {{"role", "assistant"}, {"content", text}}},
               {"logprobs", nullptr},
               {"finish_reason", finish_reason}};
   }
-  return json{{"id", rid.id},
-              {"object", endpoint == Endpoint::kCompletions ? "text_completion" : "chat.completion"},
-              {"created", rid.created},
-              {"model", rid.model},
-              {"choices", json::array({choice})},
-              {"usage", usage_json(usage)}};
+  return json{
+      {"id", rid.id},
+      {"object", endpoint == Endpoint::kCompletions ? "text_completion" : "chat.completion"},
+      {"created", rid.created},
+      {"model", rid.model},
+      {"choices", json::array({choice})},
+      {"usage", usage_json(usage)}};
 }
 
 json stream_chunk(Endpoint endpoint, const ResponseId& rid, const std::string& text,
@@ -333,27 +338,25 @@ json stream_chunk(Endpoint endpoint, const ResponseId& rid, const std::string& t
     if (!text.empty() || first) delta["content"] = text;
     choice = {{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", fr}};
   }
-  return json{{"id", rid.id},
-              {"object",
-               endpoint == Endpoint::kCompletions ? "text_completion" : "chat.completion.chunk"},
-              {"created", rid.created},
-              {"model", rid.model},
-              {"choices", json::array({choice})}};
+  return json{
+      {"id", rid.id},
+      {"object", endpoint == Endpoint::kCompletions ? "text_completion" : "chat.completion.chunk"},
+      {"created", rid.created},
+      {"model", rid.model},
+      {"choices", json::array({choice})}};
 }
 
 json stream_usage_chunk(Endpoint endpoint, const ResponseId& rid, const Usage& usage) {
-  return json{{"id", rid.id},
-              {"object",
-               endpoint == Endpoint::kCompletions ? "text_completion" : "chat.completion.chunk"},
-              {"created", rid.created},
-              {"model", rid.model},
-              {"choices", json::array()},
-              {"usage", usage_json(usage)}};
+  return json{
+      {"id", rid.id},
+      {"object", endpoint == Endpoint::kCompletions ? "text_completion" : "chat.completion.chunk"},
+      {"created", rid.created},
+      {"model", rid.model},
+      {"choices", json::array()},
+      {"usage", usage_json(usage)}};
 }
 
-std::string dump(const json& j) {
-  return j.dump(-1, ' ', false, json::error_handler_t::replace);
-}
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
 std::string sse_event(const json& j) { return "data: " + dump(j) + "\n\n"; }
 

@@ -3,13 +3,12 @@
 // here is pure (no engine, no sockets) so that it is unit-tested, also under the sanitizers.
 #pragma once
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "hybridgen/chat.h"
 #include "hybridgen/config.h"
@@ -55,8 +54,8 @@ struct RequestLimits {
 // A parsed, validated request. Field ranges follow the OpenAI API where it has the field.
 struct CompletionRequest {
   Endpoint endpoint = Endpoint::kCompletions;
-  std::string prompt;                 // completions: the prompt text
-  std::vector<int32_t> prompt_ids;    // completions: a prompt given as token ids instead
+  std::string prompt;               // completions: the prompt text
+  std::vector<int32_t> prompt_ids;  // completions: a prompt given as token ids instead
   bool prompt_is_ids = false;
   std::vector<ChatMessage> messages;  // chat
   int max_tokens = 0;                 // >= 1; the limit's value when absent

@@ -146,8 +146,7 @@ void Batcher::cancel_all() {
 
 bool Batcher::wait_idle(std::chrono::steady_clock::time_point deadline) {
   std::unique_lock<std::mutex> lock(mu_);
-  return idle_cv_.wait_until(lock, deadline,
-                             [&] { return queue_.empty() && active_count_ == 0; });
+  return idle_cv_.wait_until(lock, deadline, [&] { return queue_.empty() && active_count_ == 0; });
 }
 
 BatcherMetrics Batcher::metrics() const {
@@ -184,7 +183,7 @@ std::string Batcher::handle_token(Active& a, int32_t token) {
     ++metrics_.generated_tokens;
   }
   if (a.job->stop_at_eog && engine_.is_end_of_generation(token))
-    return "stop";  // its text is not shown
+    return "stop";                                                    // its text is not shown
   if (engine_.has_tokenizer()) a.utf8 += engine_.token_bytes(token);  // else: ids only
   const size_t hold = incomplete_utf8_tail(a.utf8);
   const std::string complete = a.utf8.substr(0, a.utf8.size() - hold);
@@ -228,8 +227,7 @@ void Batcher::run() {
     bool cancel_everything = false;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      if (active.empty())
-        cv_.wait(lock, [&] { return stop_ || cancel_all_ || !queue_.empty(); });
+      if (active.empty()) cv_.wait(lock, [&] { return stop_ || cancel_all_ || !queue_.empty(); });
       if (cancel_all_) {
         cancel_everything = true;
         cancel_all_ = false;
@@ -253,10 +251,10 @@ void Batcher::run() {
       for (auto& a : active) {
         if (!a->prefilling()) continue;
         const auto t0 = std::chrono::steady_clock::now();
-        const size_t n = std::min(a->job->prompt.size() - a->prefilled,
-                                  static_cast<size_t>(opt_.prefill_chunk));
-        const Engine::StepInput in{a->seq, std::span<const int32_t>(a->job->prompt)
-                                               .subspan(a->prefilled, n)};
+        const size_t n =
+            std::min(a->job->prompt.size() - a->prefilled, static_cast<size_t>(opt_.prefill_chunk));
+        const Engine::StepInput in{
+            a->seq, std::span<const int32_t>(a->job->prompt).subspan(a->prefilled, n)};
         engine_.step(std::span<const Engine::StepInput>(&in, 1), logits);
         a->prefilled += n;
         {
@@ -285,10 +283,12 @@ void Batcher::run() {
       if (!inputs.empty()) {
         logits.resize(inputs.size() * size_t(vocab));
         const auto t0 = std::chrono::steady_clock::now();
-        const size_t group = opt_.max_decode_rows > 0 ? size_t(opt_.max_decode_rows) : inputs.size();
+        const size_t group =
+            opt_.max_decode_rows > 0 ? size_t(opt_.max_decode_rows) : inputs.size();
         for (size_t g0 = 0; g0 < inputs.size(); g0 += group) {
           const size_t g1 = std::min(inputs.size(), g0 + group);
-          engine_.step(std::span<const Engine::StepInput>(inputs).subspan(g0, g1 - g0), step_logits);
+          engine_.step(std::span<const Engine::StepInput>(inputs).subspan(g0, g1 - g0),
+                       step_logits);
           std::copy(step_logits.begin(), step_logits.end(), logits.begin() + g0 * size_t(vocab));
         }
         for (size_t r = 0; r < owners.size(); ++r) {
@@ -322,8 +322,8 @@ void Batcher::run() {
       metrics_.queue_depth = static_cast<int>(queue_.size());
       metrics_.kv_bytes = engine_.kv_bytes_in_use();
       const auto now = std::chrono::steady_clock::now();
-      if (hybrid && (now - last_attention_refresh_ > std::chrono::milliseconds(500) ||
-                     active.empty())) {
+      if (hybrid &&
+          (now - last_attention_refresh_ > std::chrono::milliseconds(500) || active.empty())) {
         metrics_.attention = engine_.attention_stats();
         last_attention_refresh_ = now;
       }

@@ -94,7 +94,7 @@ struct BatcherMetrics {
   int64_t decode_steps = 0;
   int queue_depth = 0;
   int active_sequences = 0;
-  uint64_t kv_bytes = 0;  // policy full: K+V of the open sequences
+  uint64_t kv_bytes = 0;     // policy full: K+V of the open sequences
   AttentionStats attention;  // the hybrid runtime (policy != full); refreshed at most 2x/s
 };
 

@@ -79,8 +79,7 @@ std::string new_id(const char* prefix) {
   static std::atomic<uint64_t> counter{0};
   static const uint64_t salt = std::random_device{}();
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%s-%016llx%06llx", prefix,
-                static_cast<unsigned long long>(salt),
+  std::snprintf(buf, sizeof buf, "%s-%016llx%06llx", prefix, static_cast<unsigned long long>(salt),
                 static_cast<unsigned long long>(counter.fetch_add(1)));
   return buf;
 }
@@ -250,8 +249,9 @@ int main(int argc, char** argv) {
 
     auto engine = Engine::load(load);
     if (!engine->has_tokenizer())
-      throw Error(engine->info().source + " has no tokenizer; the server needs one (text in, "
-                                          "text out)");
+      throw Error(engine->info().source +
+                  " has no tokenizer; the server needs one (text in, "
+                  "text out)");
     const ModelInfo& info = engine->info();
     cfg.n_ctx = info.n_ctx;
     cfg.limits.vocab_size = info.vocab_size;
@@ -261,10 +261,9 @@ int main(int argc, char** argv) {
       cfg.limits.model_id.resize(cfg.limits.model_id.size() - 5);
     if (cfg.max_prompt_tokens <= 0 || cfg.max_prompt_tokens > info.n_ctx - 1)
       cfg.max_prompt_tokens = info.n_ctx - 1;
-    const int64_t model_created =
-        std::chrono::duration_cast<std::chrono::seconds>(
-            std::chrono::system_clock::now().time_since_epoch())
-            .count();
+    const int64_t model_created = std::chrono::duration_cast<std::chrono::seconds>(
+                                      std::chrono::system_clock::now().time_since_epoch())
+                                      .count();
 
     Batcher batcher(*engine, bopt);
     StatusCounter statuses;
@@ -283,23 +282,23 @@ int main(int argc, char** argv) {
       log().info("{} {} -> {}", req.method, req.path, res.status);
     });
     // Errors httplib answers itself (404, 413, a malformed request line...) get a JSON body too.
-    svr.set_error_handler(httplib::Server::HandlerWithResponse([&](const httplib::Request& req,
-                                                                   httplib::Response& res) {
-      if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-      std::string msg, param;
-      if (res.status == 404) {
-        msg = "no such endpoint: " + req.method + " " + req.path;
-      } else if (res.status == 413) {
-        msg = "the request body is larger than the limit of " +
-              std::to_string(cfg.max_body_bytes) + " bytes (--max-body-bytes)";
-        param = "body";
-      } else {
-        msg = "HTTP error " + std::to_string(res.status);
-      }
-      const ApiError e(res.status, msg, param);
-      res.set_content(dump(error_body(e)), "application/json");
-      return httplib::Server::HandlerResponse::Handled;
-    }));
+    svr.set_error_handler(httplib::Server::HandlerWithResponse(
+        [&](const httplib::Request& req, httplib::Response& res) {
+          if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+          std::string msg, param;
+          if (res.status == 404) {
+            msg = "no such endpoint: " + req.method + " " + req.path;
+          } else if (res.status == 413) {
+            msg = "the request body is larger than the limit of " +
+                  std::to_string(cfg.max_body_bytes) + " bytes (--max-body-bytes)";
+            param = "body";
+          } else {
+            msg = "HTTP error " + std::to_string(res.status);
+          }
+          const ApiError e(res.status, msg, param);
+          res.set_content(dump(error_body(e)), "application/json");
+          return httplib::Server::HandlerResponse::Handled;
+        }));
     svr.set_exception_handler(
         [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
           std::string what = "unknown error";
@@ -317,9 +316,9 @@ int main(int argc, char** argv) {
         return httplib::Server::HandlerResponse::Unhandled;
       const std::string auth = req.get_header_value("Authorization");
       const std::string prefix = "Bearer ";
-      const bool ok = auth.size() > prefix.size() && auth.compare(0, prefix.size(), prefix) == 0 &&
-                      constant_time_equal(std::string_view(auth).substr(prefix.size()),
-                                          cfg.api_key);
+      const bool ok =
+          auth.size() > prefix.size() && auth.compare(0, prefix.size(), prefix) == 0 &&
+          constant_time_equal(std::string_view(auth).substr(prefix.size()), cfg.api_key);
       if (ok) return httplib::Server::HandlerResponse::Unhandled;
       send_error(res, ApiError(401,
                                auth.empty() ? "missing API key: send 'Authorization: Bearer KEY'"
@@ -355,8 +354,7 @@ int main(int argc, char** argv) {
                       "application/json");
     });
 
-    auto completion = [&](Endpoint endpoint, const httplib::Request& req,
-                          httplib::Response& res) {
+    auto completion = [&](Endpoint endpoint, const httplib::Request& req, httplib::Response& res) {
       try {
         const std::string ctype = req.get_header_value("Content-Type");
         if (!ctype.empty() && ctype.find("json") == std::string::npos)
@@ -462,11 +460,9 @@ int main(int argc, char** argv) {
                                  "", "server_error");
                 if (!send(sse_event(error_body(e)))) return false;
               } else {
-                if (!send(sse_event(stream_chunk(endpoint, rid, "", reason, false))))
-                  return false;
-                if (include_usage &&
-                    !send(sse_event(stream_usage_chunk(endpoint, rid,
-                                                       {n_prompt, job->completion_tokens()}))))
+                if (!send(sse_event(stream_chunk(endpoint, rid, "", reason, false)))) return false;
+                if (include_usage && !send(sse_event(stream_usage_chunk(
+                                         endpoint, rid, {n_prompt, job->completion_tokens()}))))
                   return false;
               }
               if (!send("data: [DONE]\n\n")) return false;
@@ -493,7 +489,8 @@ int main(int argc, char** argv) {
         send_error(res, ApiError(405, req.path + " takes POST, not GET", "method"));
       });
 
-    const int bound = port == 0 ? svr.bind_to_any_port(host) : (svr.bind_to_port(host, port) ? port : -1);
+    const int bound =
+        port == 0 ? svr.bind_to_any_port(host) : (svr.bind_to_port(host, port) ? port : -1);
     if (bound < 0)
       throw Error("cannot listen on " + host + ":" + std::to_string(port) +
                   " (the --host / --port flags: address in use or not local?)");
