@@ -528,6 +528,34 @@ def main():
         test(fn)
     srv2.stop(signal.SIGKILL) if srv2.proc.poll() is None else None
 
+    # ---- a third server: the hybrid attention runtime (device window + host stores) ----
+    srv3 = Server(args.server, args.model, "--parallel", "2", "-c", "512", "--policy", "hybrid",
+                  "--window", "16", "--k-min", "8", threads=args.threads)
+
+    def hybrid_policy_serves_and_reports():
+        c3 = openai.OpenAI(base_url=srv3.base + "/v1", api_key="unused", max_retries=0,
+                           timeout=300)
+        long_prompt = "Once upon a time there was a little robot who loved to read books. " * 4
+
+        def one(i):
+            chunks = list(c3.completions.create(model=model_id, prompt=f"{i}. " + long_prompt,
+                                                max_tokens=12, temperature=0, stream=True,
+                                                extra_body={"ignore_eos": True}))
+            return "".join(c.choices[0].text for c in chunks if c.choices)
+
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            texts = list(ex.map(one, range(2), timeout=600))
+        assert all(texts), texts
+        m = srv3.metrics()
+        assert m["hybridgen_scheduler_mean_k"] > 0, m["hybridgen_scheduler_mean_k"]
+        for tier in ("device_window", "host_keys", "host_values"):
+            assert f'hybridgen_kv_bytes{{tier="{tier}"}}' in m, tier
+        assert m["hybridgen_active_sequences"] == 0
+        assert srv3.stop() == 0
+
+    test(hybrid_policy_serves_and_reports)
+    srv3.stop(signal.SIGKILL) if srv3.proc.poll() is None else None
+
     failed = [n for n, ok in results if not ok]
     print(f"server tests: {len(results) - len(failed)} passed, {len(failed)} failed "
           f"in {time.time() - t_start:.0f} s" + (f": {', '.join(failed)}" if failed else ""))
