@@ -1,6 +1,7 @@
 #include "batcher.h"
 
 #include <algorithm>
+#include <future>
 
 #include "api.h"
 #include "runtime/sampler.h"
@@ -90,12 +91,43 @@ struct Batcher::Active {
   bool prefilling() const { return prefilled < job->prompt.size(); }
 };
 
-Batcher::Batcher(Engine& engine, const BatcherOptions& options) : engine_(engine), opt_(options) {
-  HG_CHECK(opt_.parallel >= 1, "--parallel must be >= 1");
-  HG_CHECK(opt_.max_queue >= 0, "--queue must be >= 0");
-  HG_CHECK(opt_.prefill_chunk >= 1, "--prefill-chunk must be >= 1");
-  HG_CHECK(opt_.max_decode_rows >= 0, "--decode-rows must be >= 0");
+namespace {
+void check_options(const BatcherOptions& o) {
+  HG_CHECK(o.parallel >= 1, "--parallel must be >= 1");
+  HG_CHECK(o.max_queue >= 0, "--queue must be >= 0");
+  HG_CHECK(o.prefill_chunk >= 1, "--prefill-chunk must be >= 1");
+  HG_CHECK(o.max_decode_rows >= 0, "--decode-rows must be >= 0");
+}
+}  // namespace
+
+Batcher::Batcher(Engine& engine, const BatcherOptions& options) : engine_(&engine), opt_(options) {
+  check_options(opt_);
   thread_ = std::thread([this] { run(); });
+}
+
+Batcher::Batcher(const std::function<std::unique_ptr<Engine>()>& load,
+                 const BatcherOptions& options)
+    : opt_(options) {
+  check_options(opt_);
+  std::promise<void> loaded;
+  std::future<void> ready = loaded.get_future();
+  thread_ = std::thread([this, &load, &loaded] {
+    try {
+      owned_ = load();
+      engine_ = owned_.get();
+      loaded.set_value();
+    } catch (...) {
+      loaded.set_exception(std::current_exception());
+      return;
+    }
+    run();
+  });
+  try {
+    ready.get();
+  } catch (...) {
+    thread_.join();
+    throw;
+  }
 }
 
 Batcher::~Batcher() {
@@ -161,7 +193,7 @@ void Batcher::end(std::unique_ptr<Active>& a, const std::string& reason, const s
     rest += a->stops.flush();
     a->job->emit(rest);
   }
-  engine_.close_sequence(a->seq);
+  engine_->close_sequence(a->seq);
   a->job->finish(reason, a->generated, error);
   std::lock_guard<std::mutex> lock(mu_);
   ++metrics_.requests_finished;
@@ -182,16 +214,16 @@ std::string Batcher::handle_token(Active& a, int32_t token) {
     std::lock_guard<std::mutex> lock(mu_);
     ++metrics_.generated_tokens;
   }
-  if (a.job->stop_at_eog && engine_.is_end_of_generation(token))
-    return "stop";                                                    // its text is not shown
-  if (engine_.has_tokenizer()) a.utf8 += engine_.token_bytes(token);  // else: ids only
+  if (a.job->stop_at_eog && engine_->is_end_of_generation(token))
+    return "stop";                                                      // its text is not shown
+  if (engine_->has_tokenizer()) a.utf8 += engine_->token_bytes(token);  // else: ids only
   const size_t hold = incomplete_utf8_tail(a.utf8);
   const std::string complete = a.utf8.substr(0, a.utf8.size() - hold);
   a.utf8.erase(0, a.utf8.size() - hold);
   a.job->emit(a.stops.push(complete));
   if (a.stops.stopped()) return "stop";
   if (a.generated >= a.job->max_tokens) return "length";
-  if (engine_.sequence_length(a.seq) + 1 > engine_.info().n_ctx) return "length";  // context full
+  if (engine_->sequence_length(a.seq) + 1 > engine_->info().n_ctx) return "length";  // context full
   a.next = token;
   return "";
 }
@@ -214,15 +246,15 @@ void Batcher::admit(std::vector<std::unique_ptr<Active>>& active) {
       ++metrics_.finished_cancelled;
       continue;
     }
-    active.push_back(std::make_unique<Active>(std::move(job), engine_.open_sequence()));
+    active.push_back(std::make_unique<Active>(std::move(job), engine_->open_sequence()));
   }
 }
 
 void Batcher::run() {
   std::vector<std::unique_ptr<Active>> active;
   std::vector<float> logits, step_logits;
-  const int vocab = engine_.info().vocab_size;
-  const bool hybrid = engine_.attention_stats().policy != "full";
+  const int vocab = engine_->info().vocab_size;
+  const bool hybrid = engine_->attention_stats().policy != "full";
   while (true) {
     bool cancel_everything = false;
     {
@@ -255,7 +287,7 @@ void Batcher::run() {
             std::min(a->job->prompt.size() - a->prefilled, static_cast<size_t>(opt_.prefill_chunk));
         const Engine::StepInput in{
             a->seq, std::span<const int32_t>(a->job->prompt).subspan(a->prefilled, n)};
-        engine_.step(std::span<const Engine::StepInput>(&in, 1), logits);
+        engine_->step(std::span<const Engine::StepInput>(&in, 1), logits);
         a->prefilled += n;
         {
           std::lock_guard<std::mutex> lock(mu_);
@@ -287,8 +319,8 @@ void Batcher::run() {
             opt_.max_decode_rows > 0 ? size_t(opt_.max_decode_rows) : inputs.size();
         for (size_t g0 = 0; g0 < inputs.size(); g0 += group) {
           const size_t g1 = std::min(inputs.size(), g0 + group);
-          engine_.step(std::span<const Engine::StepInput>(inputs).subspan(g0, g1 - g0),
-                       step_logits);
+          engine_->step(std::span<const Engine::StepInput>(inputs).subspan(g0, g1 - g0),
+                        step_logits);
           std::copy(step_logits.begin(), step_logits.end(), logits.begin() + g0 * size_t(vocab));
         }
         for (size_t r = 0; r < owners.size(); ++r) {
@@ -320,11 +352,11 @@ void Batcher::run() {
       active_count_ = static_cast<int>(active.size());
       metrics_.active_sequences = active_count_;
       metrics_.queue_depth = static_cast<int>(queue_.size());
-      metrics_.kv_bytes = engine_.kv_bytes_in_use();
+      metrics_.kv_bytes = engine_->kv_bytes_in_use();
       const auto now = std::chrono::steady_clock::now();
       if (hybrid &&
           (now - last_attention_refresh_ > std::chrono::milliseconds(500) || active.empty())) {
-        metrics_.attention = engine_.attention_stats();
+        metrics_.attention = engine_->attention_stats();
         last_attention_refresh_ = now;
       }
       if (active.empty() && queue_.empty()) idle_cv_.notify_all();

@@ -17,6 +17,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -100,7 +101,15 @@ struct BatcherMetrics {
 
 class Batcher {
  public:
+  // Serves an engine loaded by the caller.
   Batcher(Engine& engine, const BatcherOptions& options);
+  // Loads the engine on the engine thread itself (throws what `load` throws). The server does
+  // this: an engine loaded on another thread leaves that thread's OpenMP team behind, and with
+  // two teams on the machine libgomp stops spinning between parallel regions (it throttles when
+  // it manages more threads than there are cores), which made each decode step 2-3x slower on
+  // a 2-core machine with -t 2.
+  Batcher(const std::function<std::unique_ptr<Engine>()>& load, const BatcherOptions& options);
+  Engine& engine() { return *engine_; }
   ~Batcher();  // cancels everything and joins the engine thread
   Batcher(const Batcher&) = delete;
   Batcher& operator=(const Batcher&) = delete;
@@ -124,7 +133,8 @@ class Batcher {
   std::string handle_token(Active& a, int32_t token);  // "" or the finish reason
   void end(std::unique_ptr<Active>& a, const std::string& reason, const std::string& error = "");
 
-  Engine& engine_;
+  std::unique_ptr<Engine> owned_;  // the engine loaded by the engine thread, if it was
+  Engine* engine_ = nullptr;
   BatcherOptions opt_;
   mutable std::mutex mu_;
   std::condition_variable cv_;       // work arrived / stop

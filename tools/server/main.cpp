@@ -247,7 +247,8 @@ int main(int argc, char** argv) {
                                            "models/fetch-default-model.sh or pass -m"
                                          : ": no such file or directory (the -m flag)"));
 
-    auto engine = Engine::load(load);
+    Batcher batcher([&] { return Engine::load(load); }, bopt);
+    Engine* engine = &batcher.engine();
     if (!engine->has_tokenizer())
       throw Error(engine->info().source +
                   " has no tokenizer; the server needs one (text in, "
@@ -265,7 +266,6 @@ int main(int argc, char** argv) {
                                       std::chrono::system_clock::now().time_since_epoch())
                                       .count();
 
-    Batcher batcher(*engine, bopt);
     StatusCounter statuses;
     std::atomic<int> open_streams{0};
     httplib::Server svr;
@@ -273,6 +273,7 @@ int main(int argc, char** argv) {
         http_threads > 0 ? size_t(http_threads) : size_t(bopt.parallel + bopt.max_queue + 8);
     svr.new_task_queue = [n_http] { return new httplib::ThreadPool(n_http); };
     svr.set_payload_max_length(cfg.max_body_bytes);
+    svr.set_tcp_nodelay(true);  // one small write per token: no Nagle delay behind it
     svr.set_keep_alive_timeout(2);
     svr.set_read_timeout(10);
     svr.set_write_timeout(10);
