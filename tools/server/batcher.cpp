@@ -279,9 +279,21 @@ void Batcher::run() {
     }
 
     try {
-      // ---- one prefill chunk: the oldest request still prefilling ----
+      // ---- prefill: up to --prefill-chunk prompt tokens per iteration, oldest first ----
+      // Each chunk is its own forward pass and chunk boundaries sit at multiples of the chunk
+      // size from the prompt's start, so a prompt is cut exactly as it would be alone. The first
+      // chunk always runs; more run while they fit the budget (many short prompts arriving at
+      // once get their first tokens sooner, the running streams still wait at most about one
+      // chunk's worth of prefill per step).
+      size_t budget = static_cast<size_t>(opt_.prefill_chunk);
+      bool first_chunk = true;
       for (auto& a : active) {
-        if (!a->prefilling()) continue;
+        if (!a || !a->prefilling()) continue;
+        const size_t next_chunk = std::min(a->job->prompt.size() - a->prefilled,
+                                           static_cast<size_t>(opt_.prefill_chunk));
+        if (!first_chunk && next_chunk > budget) break;
+        budget -= std::min(budget, next_chunk);
+        first_chunk = false;
         const auto t0 = std::chrono::steady_clock::now();
         const size_t n =
             std::min(a->job->prompt.size() - a->prefilled, static_cast<size_t>(opt_.prefill_chunk));
@@ -300,7 +312,7 @@ void Batcher::run() {
           const std::string reason = handle_token(*a, tok);
           if (!reason.empty()) end(a, reason);
         }
-        break;
+        if (budget == 0) break;
       }
       std::erase(active, nullptr);
 

@@ -6,8 +6,8 @@
 //
 // One engine iteration:
 //   1. drop cancelled requests (client gone, shutdown), admit queued ones into free slots
-//   2. at most one prefill chunk (--prefill-chunk tokens) of the oldest request still
-//      prefilling, in a forward pass of its own
+//   2. prefill chunks of the requests still prefilling, oldest first, each in a forward pass of
+//      its own, up to --prefill-chunk prompt tokens in all (the first chunk always runs)
 //   3. one decode step over every request that has a sampled token to feed
 // A prefill chunk runs alone rather than mixed into the decode step so that each sequence sees
 // the same forward shapes as it would alone: greedy answers do not depend on who else is served.
