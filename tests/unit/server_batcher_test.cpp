@@ -137,6 +137,25 @@ TEST(Batcher, DrainingRefusesAndCancelAllEndsEverything) {
   EXPECT_EQ(engine->open_sequences(), 0);
 }
 
+TEST(Batcher, LoadsTheEngineOnItsThreadAndRethrowsLoadErrors) {
+  const std::vector<int32_t> prompt = prompt_of(3);
+  GenerateOptions g;
+  g.n_predict = 5;
+  g.sampling.temperature = 0;
+  g.stop_at_eog = false;
+  const std::vector<int32_t> expected = tiny(1)->generate(prompt, g).tokens;
+  BatcherOptions o;
+  o.parallel = 2;
+  Batcher batcher([] { return tiny(2); }, o);
+  EXPECT_EQ(batcher.engine().info().n_ctx, 128);
+  auto job = greedy_job(prompt, 5);
+  ASSERT_EQ(batcher.submit(job), Batcher::Submit::kQueued);
+  wait_finished(*job);
+  EXPECT_EQ(job->tokens(), expected);
+  EXPECT_THROW(Batcher([]() -> std::unique_ptr<Engine> { throw Error("no such model"); }, o),
+               Error);
+}
+
 TEST(EngineStep, ChunkedPrefillAndStepsEqualGenerate) {
   auto engine = tiny(2);
   const std::vector<int32_t> prompt = prompt_of(5);
