@@ -129,7 +129,12 @@ class Engine {
   // chunks and then one token per step together with the other live sequences, samples from
   // the returned logits itself, and closes the sequence when the request ends. Not thread-safe:
   // one thread owns the engine (tokenize/detokenize/token_bytes are const and may be called
-  // from other threads).
+  // from other threads). Load the engine on that thread too: the CPU backend's OpenMP team
+  // belongs to the thread that runs it, and a second, idle team left on the loading thread
+  // makes libgomp throttle its spinning, slowing every step on a machine with few cores.
+  // A row's logits do not depend on the other rows of a step as long as a step has at most 4
+  // one-token inputs (the CPU backend's GEMV); bigger steps use oneDNN's GEMM, whose rounding
+  // depends on the row count.
 
   // Opens one of the max_sequences slots, empty. Throws hybridgen::Error when all are in use.
   int open_sequence();
