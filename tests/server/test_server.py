@@ -521,7 +521,7 @@ def main():
         assert rest.rstrip().endswith("data: [DONE]"), rest[-300:]
         assert "cancelled" in rest, rest[-300:]
         rc = srv2.proc.wait(60)
-        assert rc == 0, f"exit status {rc}"
+        assert rc == 0, f"exit status {rc}: {''.join(srv2.stderr_lines)[-3000:]}"
         assert time.time() - t0 < 30
 
     for fn in [api_key_required, queue_overflow_gives_429, sigterm_cancels_after_grace_and_exits_0]:
@@ -551,7 +551,8 @@ def main():
         for tier in ("device_window", "host_keys", "host_values"):
             assert f'hybridgen_kv_bytes{{tier="{tier}"}}' in m, tier
         assert m["hybridgen_active_sequences"] == 0
-        assert srv3.stop() == 0
+        rc = srv3.stop()
+        assert rc == 0, f"exit status {rc}: {''.join(srv3.stderr_lines)[-3000:]}"
 
     test(hybrid_policy_serves_and_reports)
     srv3.stop(signal.SIGKILL) if srv3.proc.poll() is None else None
