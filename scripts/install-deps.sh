@@ -10,6 +10,7 @@ if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 pkgs=(cmake ninja-build g++ pkg-config ca-certificates
       libdnnl-dev ocl-icd-opencl-dev opencl-headers libnuma-dev libspdlog-dev libfmt-dev libcli11-dev
       libgtest-dev googletest libbenchmark-dev nlohmann-json3-dev libpcre2-dev
+      libcpp-httplib-dev  # hybridgen-server: HTTP (compiled library + header, pkg-config)
       python3
       clang libclang-rt-14-dev libomp-dev llvm)  # clang + runtimes: the libFuzzer harnesses
 missing=()

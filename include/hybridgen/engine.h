@@ -130,6 +130,38 @@ class Engine {
                                                const GenerateOptions& options,
                                                const BatchStreamCallback& on_text = {});
 
+  // ---- Continuous batching (servers): sequences join and leave between forward steps ----
+  // One forward pass is a step(); a server opens a sequence per request, feeds its prompt in
+  // chunks and then one token per step together with the other live sequences, samples from
+  // the returned logits itself, and closes the sequence when the request ends. Not thread-safe:
+  // one thread owns the engine (tokenize/detokenize/token_bytes are const and may be called
+  // from other threads). Load the engine on that thread too: the CPU backend's OpenMP team
+  // belongs to the thread that runs it, and a second, idle team left on the loading thread
+  // makes libgomp throttle its spinning, slowing every step on a machine with few cores.
+  // A row's logits do not depend on the other rows of a step as long as a step has at most 4
+  // one-token inputs (the CPU backend's GEMV); bigger steps use oneDNN's GEMM, whose rounding
+  // depends on the row count.
+
+  // Opens one of the max_sequences slots, empty. Throws hybridgen::Error when all are in use.
+  int open_sequence();
+  // Frees the slot: its tokens leave the KV cache (the slot's memory is kept for the next one).
+  void close_sequence(int seq);
+  int sequence_length(int seq) const;  // tokens in the KV cache of an open sequence
+  int open_sequences() const;
+  struct StepInput {
+    int seq = -1;                     // an open sequence
+    std::span<const int32_t> tokens;  // appended to it: a prefill chunk or one decode token
+  };
+  // One forward pass over all inputs. logits: [inputs.size(), vocab] row-major, the next-token
+  // logits after each input's last token. Throws (naming the sequence and the context size)
+  // when a sequence would outgrow the context, or on a token id outside the vocabulary.
+  void step(std::span<const StepInput> inputs, std::vector<float>& logits);
+  // K+V bytes the open sequences hold (policy full: the one tier; the hybrid runtime's tiers
+  // are in attention_stats()).
+  uint64_t kv_bytes_in_use() const;
+  // The bytes one token id stands for (possibly part of a UTF-8 character), for streaming.
+  std::string token_bytes(int32_t token) const;
+
   // Teacher-forced evaluation: next-token logits after each prefix of `tokens`,
   // [tokens.size(), vocab] row-major. Starts from an empty context. The first prefill_tokens
   // (-1: all) go through in prefill chunks; the rest one token per forward step, as decode

@@ -59,6 +59,7 @@ class KvCacheManager {
   LayerView view(int seq, int layer) const;
 
   int length(int seq) const;
+  bool is_open(int seq) const { return seq >= 0 && seq < max_sequences() && seqs_[seq].open; }
   int capacity() const { return capacity_; }
   int max_sequences() const { return static_cast<int>(seqs_.size()); }
   const KvShape& shape() const { return shape_; }

@@ -336,6 +336,53 @@ std::vector<GenerationResult> Engine::generate_batch(
   return results;
 }
 
+int Engine::open_sequence() {
+  Impl& im = *impl_;
+  // The first sequence after an idle engine is a new request for the scheduler (Algorithm 1,
+  // lines 6-7), as generate() starts one.
+  if (im.hybrid && open_sequences() == 0) im.hybrid->new_request();
+  return im.cache->open_sequence();
+}
+
+void Engine::close_sequence(int seq) { impl_->cache->close_sequence(seq); }
+
+int Engine::sequence_length(int seq) const { return impl_->cache->length(seq); }
+
+int Engine::open_sequences() const {
+  int n = 0;
+  for (int s = 0; s < impl_->cache->max_sequences(); ++s) n += impl_->cache->is_open(s);
+  return n;
+}
+
+void Engine::step(std::span<const StepInput> inputs, std::vector<float>& logits) {
+  Impl& im = *impl_;
+  const int vocab = im.info.vocab_size;
+  HG_CHECK(!inputs.empty(), "step: no inputs");
+  Batch batch;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const StepInput& in = inputs[i];
+    HG_CHECK(!in.tokens.empty(), "step: input " + std::to_string(i) + " has no tokens");
+    const int len = im.cache->length(in.seq);  // throws if the sequence is not open
+    HG_CHECK(static_cast<int64_t>(len) + static_cast<int64_t>(in.tokens.size()) <= im.info.n_ctx,
+             "step: sequence " + std::to_string(in.seq) + " has " + std::to_string(len) +
+                 " tokens and " + std::to_string(in.tokens.size()) +
+                 " more do not fit the context size " + std::to_string(im.info.n_ctx) +
+                 " (raise it with -c / --ctx-size)");
+    for (size_t t = 0; t < in.tokens.size(); ++t) {
+      HG_CHECK(in.tokens[t] >= 0 && in.tokens[t] < vocab,
+               "step: token id " + std::to_string(in.tokens[t]) + " is outside the vocabulary");
+      batch.add(in.tokens[t], in.seq, t + 1 == in.tokens.size());
+    }
+  }
+  im.model->forward(batch, *im.cache, logits);
+}
+
+uint64_t Engine::kv_bytes_in_use() const {
+  return impl_->cache->bytes_in(kv::Tier::kDevice) + impl_->cache->bytes_in(kv::Tier::kHost);
+}
+
+std::string Engine::token_bytes(int32_t token) const { return impl_->tok().token_bytes(token); }
+
 AttentionStats Engine::attention_stats() const {
   if (impl_->hybrid) {
     AttentionStats s = impl_->hybrid->stats();

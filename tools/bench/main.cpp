@@ -22,6 +22,7 @@
 #include <sstream>
 
 #include "ceilings.h"
+#include "common/attention_flags.h"
 #include "hybridgen/hybridgen.h"
 #include "report.h"
 #include "runtime/sampler.h"
@@ -149,7 +150,7 @@ int main(int argc, char** argv) {
   SweepSpec spec;
   uint64_t seed = 1;
   int bw_mib = 1024, bw_reps = 5;
-  bool progress = false, exact_query = false;
+  bool progress = false;
 
   app.add_option("-m,--model", load.model_path, "HF model directory or .gguf file")
       ->capture_default_str();
@@ -187,15 +188,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--selection", selections, "hybrid's selection list: adaptive, post, pre, off")
       ->capture_default_str();
-  app.add_option("--predictor", load.attention.predictor,
-                 "hybrid's Pre-QKT predictor: heavy, sinks-recent, partial")
-      ->check(CLI::IsMember({"heavy", "sinks-recent", "partial"}))
-      ->capture_default_str();
-  app.add_flag("--exact-query", exact_query,
-               "the CPU stage waits for the true query (no speculation, no overlap)");
-  app.add_option("--cpu-threads", load.attention.cpu_threads,
-                 "threads of the CPU stage (0: half of -t)")
-      ->capture_default_str();
+  tools::AttentionFlagExtras attention_extras;
+  tools::add_attention_flags(app, load.attention, attention_extras,
+                             tools::AttentionFlagScope::kExceptSweeps);
   app.add_option("-t,--threads", load.n_threads, "CPU threads (0: all cores)")
       ->capture_default_str();
   app.add_option("-r,--repetitions", spec.repetitions, "timed runs per configuration")
@@ -257,7 +252,8 @@ int main(int argc, char** argv) {
                                                    : WeightFormat::kAuto;
     load.device = spec.device;
     load.attention.k_min = spec.k_min;
-    load.attention.speculative = !exact_query;
+    tools::apply_attention_flags(load.attention, attention_extras);
+    const bool exact_query = !load.attention.speculative;
     load.attention.trace = !trace_path.empty();
 
     // ---- the ceiling, measured with the threads the runs use ----

@@ -10,6 +10,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "common/attention_flags.h"
 #include "hybridgen/hybridgen.h"
 #include "util/log.h"
 
@@ -38,7 +39,6 @@ int main(int argc, char** argv) {
   std::string prompt, prompt_file, system_prompt, log_level, weight_format = "auto";
   bool chat = false, verbose = false, show_prompt = false;
   int batch = 1, n_prompt = 0;
-  double key_budget_mb = 0;
   load.model_path = default_model_path();
 
   app.add_option("-m,--model", load.model_path, "HF model directory or .gguf file")
@@ -80,46 +80,8 @@ int main(int argc, char** argv) {
   app.add_option("--device", load.device, "where the model runs: cpu or cuda")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
-  // Hybrid attention (paper §4): how the KV cache splits between the device and the host.
-  auto& a = load.attention;
-  app.add_option("--policy", a.policy,
-                 "attention policy: full, hybrid, aog, aoc, h2o, streamingllm, keyformer, "
-                 "infinigen")
-      ->capture_default_str();
-  app.add_option("--window", a.window,
-                 "device (GPU) window per sequence and layer, tokens (-1: 10% of the context)")
-      ->capture_default_str();
-  app.add_option("--k-min", a.k_min,
-                 "K_min: fewest offloaded tokens per KV head the scheduler uses")
-      ->capture_default_str();
-  app.add_option("--k", a.k, "fixed K (h2o, keyformer, infinigen, hybrid); 0: K_min / adaptive")
-      ->capture_default_str();
-  app.add_option("--selection", a.selection, "hybrid: adaptive, post, pre, off")
-      ->capture_default_str();
-  app.add_option("--predictor", a.predictor,
-                 "hybrid's Pre-QKT predictor: heavy, sinks-recent, partial")
-      ->capture_default_str();
-  app.add_flag(
-      "--exact-query", [&](int64_t) { a.speculative = false; },
-      "the CPU stage waits for the true query (no speculation, no pipelining)");
-  app.add_option("--kv-memory", a.kv_memory,
-                 "host memory of the offloaded KV: plain, semantic (K on DRAM, V on the slow "
-                 "tier), interleave, dram")
-      ->capture_default_str();
-  app.add_option("--fast-nodes", a.fast_nodes, "NUMA nodes of the fast tier (default: with CPUs)")
-      ->delimiter(',');
-  app.add_option("--slow-nodes", a.slow_nodes, "NUMA nodes of the slow tier (default: CPU-less)")
-      ->delimiter(',');
-  app.add_option("--fast-key-budget-mb", key_budget_mb, "semantic: MB of keys allowed on DRAM");
-  app.add_option("--gpu-memory-mb", a.device_memory_mb,
-                 "device memory the KV window may take (0: no limit)");
-  app.add_option("--profile", a.profile, "model profile from hybridgen-eval (sets K_min)");
-  app.add_option("--spec-min-cosine", a.speculation_min_cosine,
-                 "layers whose speculated query is less similar than this to the true one "
-                 "(measured over 4 steps) use the true query; 0: speculate everywhere")
-      ->capture_default_str();
-  app.add_option("--cpu-threads", a.cpu_threads, "threads of the CPU stage (0: half of -t)")
-      ->capture_default_str();
+  hybridgen::tools::AttentionFlagExtras attention_extras;
+  hybridgen::tools::add_attention_flags(app, load.attention, attention_extras);
   app.add_flag(
       "--ignore-eos", [&](int64_t) { gen.stop_at_eog = false; },
       "keep generating past end-of-generation tokens");
@@ -137,8 +99,7 @@ int main(int argc, char** argv) {
                          : weight_format == "bf16" ? hybridgen::WeightFormat::kBF16
                                                    : hybridgen::WeightFormat::kAuto;
     load.max_sequences = batch;
-    if (key_budget_mb < 0) throw hybridgen::Error("--fast-key-budget-mb must be >= 0");
-    load.attention.fast_key_budget_bytes = static_cast<uint64_t>(key_budget_mb * 1e6);
+    hybridgen::tools::apply_attention_flags(load.attention, attention_extras);
     if (!prompt_file.empty()) {
       if (!prompt.empty()) throw hybridgen::Error("give the prompt with -p or -f, not both");
       prompt = read_file(prompt_file);

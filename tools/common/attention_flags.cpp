@@ -1,0 +1,59 @@
+#include "attention_flags.h"
+
+#include "hybridgen/error.h"
+
+namespace hybridgen::tools {
+
+void add_attention_flags(CLI::App& app, AttentionOptions& a, AttentionFlagExtras& x,
+                         AttentionFlagScope scope) {
+  // Hybrid attention (paper §4): how the KV cache splits between the device and the host.
+  if (scope == AttentionFlagScope::kAll) {
+    app.add_option("--policy", a.policy,
+                   "attention policy: full, hybrid, aog, aoc, h2o, streamingllm, keyformer, "
+                   "infinigen")
+        ->capture_default_str();  // the engine names an unknown one
+    app.add_option("--window", a.window,
+                   "device (GPU) window per sequence and layer, tokens (-1: 10% of the context)")
+        ->capture_default_str();
+    app.add_option("--k-min", a.k_min,
+                   "K_min: fewest offloaded tokens per KV head the scheduler uses")
+        ->capture_default_str();
+    app.add_option("--k", a.k, "fixed K (h2o, keyformer, infinigen, hybrid); 0: K_min / adaptive")
+        ->capture_default_str();
+    app.add_option("--selection", a.selection, "hybrid: adaptive, post, pre, off")
+        ->capture_default_str();
+  }
+  app.add_option("--predictor", a.predictor,
+                 "hybrid's Pre-QKT predictor: heavy, sinks-recent, partial")
+      ->check(CLI::IsMember({"heavy", "sinks-recent", "partial"}))
+      ->capture_default_str();
+  app.add_flag("--exact-query", x.exact_query,
+               "the CPU stage waits for the true query (no speculation, no pipelining)");
+  app.add_option("--kv-memory", a.kv_memory,
+                 "host memory of the offloaded KV: plain, semantic (K on DRAM, V on the slow "
+                 "tier), interleave, dram")
+      ->capture_default_str();
+  app.add_option("--fast-nodes", a.fast_nodes, "NUMA nodes of the fast tier (default: with CPUs)")
+      ->delimiter(',');
+  app.add_option("--slow-nodes", a.slow_nodes, "NUMA nodes of the slow tier (default: CPU-less)")
+      ->delimiter(',');
+  app.add_option("--fast-key-budget-mb", x.fast_key_budget_mb,
+                 "semantic: MB of keys allowed on DRAM");
+  app.add_option("--gpu-memory-mb", a.device_memory_mb,
+                 "device memory the KV window may take (0: no limit)");
+  app.add_option("--profile", a.profile, "model profile from hybridgen-eval (sets K_min)");
+  app.add_option("--spec-min-cosine", a.speculation_min_cosine,
+                 "layers whose speculated query is less similar than this to the true one "
+                 "(measured over 4 steps) use the true query; 0: speculate everywhere")
+      ->capture_default_str();
+  app.add_option("--cpu-threads", a.cpu_threads, "threads of the CPU stage (0: half of -t)")
+      ->capture_default_str();
+}
+
+void apply_attention_flags(AttentionOptions& a, const AttentionFlagExtras& x) {
+  if (x.fast_key_budget_mb < 0) throw Error("--fast-key-budget-mb must be >= 0");
+  a.fast_key_budget_bytes = static_cast<uint64_t>(x.fast_key_budget_mb * 1e6);
+  if (x.exact_query) a.speculative = false;
+}
+
+}  // namespace hybridgen::tools
