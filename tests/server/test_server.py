@@ -16,6 +16,12 @@ Started by ctest (tests/CMakeLists.txt, test `server_openai`): it starts the ser
 Exit status 77 (ctest SKIP_RETURN_CODE) with a message when the default model or the openai
 package is missing; tests/server/install-test-deps.sh installs the package.
 """
+import os as _os
+import sys as _sys
+
+# The openai client installed by install-test-deps.sh (pip --target), ahead of anything else.
+_sys.path.insert(0, _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), ".pydeps"))
+
 import argparse
 import concurrent.futures
 import http.client
