@@ -46,8 +46,8 @@ void rows_f32_portable(const float* w, const float* x, float* y, int m, int out,
 }
 
 // x: [m, in] float32 (the bf16 activations widened).
-void rows_bf16_portable(const uint16_t* w, const float* x, float* y, int m, int out, int in,
-                        int o0, int o1) {
+void rows_bf16_portable(const uint16_t* w, const float* x, float* y, int m, int out, int in, int o0,
+                        int o1) {
   for (int o = o0; o < o1; ++o) {
     const uint16_t* row = w + static_cast<int64_t>(o) * in;
     for (int r = 0; r < m; ++r) {
@@ -91,8 +91,8 @@ HG_AVX2 inline float hsum256(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
 }
 
-HG_AVX2 void rows_f32_avx2(const float* w, const float* x, float* y, int m, int out, int in,
-                           int o0, int o1) {
+HG_AVX2 void rows_f32_avx2(const float* w, const float* x, float* y, int m, int out, int in, int o0,
+                           int o1) {
   for (int o = o0; o < o1; ++o) {
     const float* row = w + static_cast<int64_t>(o) * in;
     __m256 acc[kGemvMaxRows][2];  // two FMA chains per row hide the FMA latency
@@ -109,8 +109,8 @@ HG_AVX2 void rows_f32_avx2(const float* w, const float* x, float* y, int m, int 
     for (; i + 8 <= in; i += 8) {
       const __m256 w0 = _mm256_loadu_ps(row + i);
       for (int r = 0; r < m; ++r)
-        acc[r][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + static_cast<int64_t>(r) * in + i),
-                                    acc[r][0]);
+        acc[r][0] =
+            _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + static_cast<int64_t>(r) * in + i), acc[r][0]);
     }
     for (int r = 0; r < m; ++r) {
       const float* xr = x + static_cast<int64_t>(r) * in;
@@ -204,8 +204,10 @@ HG_AVX512 void rows_bf16_avx512(const uint16_t* w, const float* xp, float* y, in
 }
 
 // VDPBF16PS: 32 bf16 products per instruction, summed pairwise into 16 float lanes.
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) void rows_bf16_dp(
-    const uint16_t* w, const uint16_t* x, float* y, int m, int out, int in, int o0, int o1) {
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void rows_bf16_dp(const uint16_t* w,
+                                                                         const uint16_t* x,
+                                                                         float* y, int m, int out,
+                                                                         int in, int o0, int o1) {
   for (int o = o0; o < o1; ++o) {
     const uint16_t* row = w + static_cast<int64_t>(o) * in;
     __m512 acc[kGemvMaxRows];
@@ -268,11 +270,10 @@ void gemv_f32_on(Isa isa, const float* w, const float* x, const float* bias, flo
   run_chunks([&](int o0, int o1) { fn(w, x, y, m, out, in, o0, o1); }, bias, y, m, out);
 }
 
-void gemv_bf16_on(Isa isa, const uint16_t* w, const uint16_t* x, const float* bias, float* y,
-                  int m, int out, int in) {
+void gemv_bf16_on(Isa isa, const uint16_t* w, const uint16_t* x, const float* bias, float* y, int m,
+                  int out, int in) {
   check_level(isa, "gemv bf16");
-  HG_CHECK(m >= 1 && m <= kGemvMaxRows,
-           "gemv bf16: m must be in [1, 4], got " + std::to_string(m));
+  HG_CHECK(m >= 1 && m <= kGemvMaxRows, "gemv bf16: m must be in [1, 4], got " + std::to_string(m));
   if (isa == Isa::kAvx512Bf16) {
     run_chunks([&](int o0, int o1) { rows_bf16_dp(w, x, y, m, out, in, o0, o1); }, bias, y, m, out);
     return;

@@ -31,7 +31,7 @@ Isa gemv_bf16_isa();
 //   float32 sums differs.
 void gemv_f32_on(Isa isa, const float* w, const float* x, const float* bias, float* y, int m,
                  int out, int in);
-void gemv_bf16_on(Isa isa, const uint16_t* w, const uint16_t* x, const float* bias, float* y,
-                  int m, int out, int in);
+void gemv_bf16_on(Isa isa, const uint16_t* w, const uint16_t* x, const float* bias, float* y, int m,
+                  int out, int in);
 
 }  // namespace hybridgen::cpu

@@ -40,7 +40,7 @@ Features read_features() {
   f.avx = c & (1u << 28);
   if (osxsave) {
     const uint64_t xcr0 = xgetbv0();
-    f.os_avx = (xcr0 & 0x6) == 0x6;              // XMM + YMM state
+    f.os_avx = (xcr0 & 0x6) == 0x6;                   // XMM + YMM state
     f.os_avx512 = f.os_avx && (xcr0 & 0xE0) == 0xE0;  // opmask + ZMM_Hi256 + Hi16_ZMM
   }
   if (__get_cpuid_max(0, nullptr) >= 7) {
@@ -99,8 +99,9 @@ Active resolve() {
   if (env && *env) {
     const Isa want = parse_isa(env, "HYBRIDGEN_CPU_ISA");
     if (static_cast<uint8_t>(want) > static_cast<uint8_t>(have)) {
-      log().warn("HYBRIDGEN_CPU_ISA={} asks for more than this CPU has ({}; features: {}); using {}",
-                 env, isa_name(have), cpu_features(), isa_name(have));
+      log().warn(
+          "HYBRIDGEN_CPU_ISA={} asks for more than this CPU has ({}; features: {}); using {}", env,
+          isa_name(have), cpu_features(), isa_name(have));
     } else {
       a.isa = want;
       a.capped = want != have;
@@ -109,9 +110,10 @@ Active resolve() {
     // called before any (Linear and the engine ask for it first).
     const dnnl::status st = dnnl::set_max_cpu_isa(dnnl_cap(a.isa));
     if (st != dnnl::status::success)
-      log().warn("HYBRIDGEN_CPU_ISA={}: oneDNN's ISA cap could not be set (a oneDNN primitive "
-                 "already exists); its GEMMs may use a higher level",
-                 env);
+      log().warn(
+          "HYBRIDGEN_CPU_ISA={}: oneDNN's ISA cap could not be set (a oneDNN primitive "
+          "already exists); its GEMMs may use a higher level",
+          env);
   }
   return a;
 }

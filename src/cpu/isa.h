@@ -32,7 +32,9 @@ Isa detected_isa();
 // use; the oneDNN cap is applied at the same time (before any oneDNN primitive exists).
 Isa active_isa();
 // Whether the kernels may use `isa` (isa <= active_isa()).
-inline bool isa_enabled(Isa isa) { return static_cast<uint8_t>(isa) <= static_cast<uint8_t>(active_isa()); }
+inline bool isa_enabled(Isa isa) {
+  return static_cast<uint8_t>(isa) <= static_cast<uint8_t>(active_isa());
+}
 // True when HYBRIDGEN_CPU_ISA lowered the level below what the CPU has.
 bool isa_capped();
 

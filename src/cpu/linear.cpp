@@ -95,7 +95,8 @@ void Linear::forward(const float* x, float* y, int m) const {
     }
     return;
   }
-  if (type_ == WeightType::kBF16 && linear_bf16_uses_f32_panels()) return forward_f32_panels(x, y, m);
+  if (type_ == WeightType::kBF16 && linear_bf16_uses_f32_panels())
+    return forward_f32_panels(x, y, m);
   try {
     forward_onednn(x, y, m);
   } catch (const dnnl::error& e) {
@@ -118,8 +119,8 @@ void Linear::forward_f32_panels(const float* x, float* y, int m) const {
       vk.from_bf16(weight_bf16_.data() + static_cast<size_t>(n0 + r) * in_,
                    panel.data() + static_cast<size_t>(r) * in_, in_);
     // y[:, n0:n0+np] = x [m, in] · panelᵀ  (row-major; ldc = out)
-    const dnnl::status st = dnnl::sgemm('N', 'T', m, np, in_, 1.f, x, in_, panel.data(), in_,
-                                        0.f, y + n0, out_);
+    const dnnl::status st =
+        dnnl::sgemm('N', 'T', m, np, in_, 1.f, x, in_, panel.data(), in_, 0.f, y + n0, out_);
     if (st != dnnl::status::success)
       fail_matmul(dnnl::error(static_cast<dnnl_status_t>(st), "dnnl_sgemm"), m, in_, out_, type_);
   }

@@ -263,7 +263,8 @@ HG_AVX2 void block_avx2(const Ctx& c, int h, int t0, int t1, int j0, int /*gs ==
       if (prefetch)
         for (int i = 0; i < d * key_dtype_bytes(T); i += 64)
           _mm_prefetch(static_cast<const char*>(p.keys.data) +
-                           (off + static_cast<int64_t>(kPrefetchTokens) * d) * key_dtype_bytes(T) + i,
+                           (off + static_cast<int64_t>(kPrefetchTokens) * d) * key_dtype_bytes(T) +
+                           i,
                        _MM_HINT_T0);
       __m256 a[G], b[G];
       for (int j = 0; j < G; ++j) a[j] = b[j] = _mm256_setzero_ps();

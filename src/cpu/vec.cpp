@@ -88,7 +88,8 @@ HG_AVX2 float dot_bf16_avx2(const float* a, const uint16_t* b, int n) {
     acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), widen8_avx2(b + i), acc0);
     acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), widen8_avx2(b + i + 8), acc1);
   }
-  for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), widen8_avx2(b + i), acc0);
+  for (; i + 8 <= n; i += 8)
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), widen8_avx2(b + i), acc0);
   float s = hsum256(_mm256_add_ps(acc0, acc1));
   for (; i < n; ++i) s += a[i] * bf16_to_f32(b[i]);
   return s;
@@ -164,7 +165,8 @@ HG_AVX512 void axpy_avx512(float w, const float* x, float* y, int n) {
 }
 
 HG_AVX512 inline __m512 widen16_avx512(const uint16_t* p, __mmask16 m) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
 }
 
 HG_AVX512 float dot_bf16_avx512(const float* a, const uint16_t* b, int n) {
@@ -197,8 +199,8 @@ HG_AVX512 void to_bf16_avx512(const float* src, uint16_t* dst, int64_t n) {
     const __mmask16 m = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
     const __m512i u = _mm512_castps_si512(_mm512_maskz_loadu_ps(m, src + i));
     const __m512i hi = _mm512_srli_epi32(u, 16);
-    const __m512i rounded =
-        _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_and_si512(hi, one), bias)), 16);
+    const __m512i rounded = _mm512_srli_epi32(
+        _mm512_add_epi32(u, _mm512_add_epi32(_mm512_and_si512(hi, one), bias)), 16);
     const __mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(u, abs_mask), inf);
     const __m512i r = _mm512_mask_or_epi32(rounded, nan, hi, _mm512_set1_epi32(64));
     _mm256_mask_storeu_epi16(dst + i, m, _mm512_cvtepi32_epi16(r));  // lanes < 2^16: exact

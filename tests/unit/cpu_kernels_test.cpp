@@ -80,7 +80,8 @@ TEST(Isa, ActiveLevelHonoursTheCapAndNeverExceedsTheCpu) {
     EXPECT_EQ(active_isa(), detected_isa());
   }
   const std::string report = describe_dispatch();
-  EXPECT_NE(report.find(std::string("cpu: ") + isa_name(active_isa())), std::string::npos) << report;
+  EXPECT_NE(report.find(std::string("cpu: ") + isa_name(active_isa())), std::string::npos)
+      << report;
   EXPECT_NE(report.find("gemv bf16 weights"), std::string::npos) << report;
   std::printf("%s\n", report.c_str());
 }
@@ -171,14 +172,16 @@ TEST(Gemv, EveryLevelMatchesDoubleReference) {
         for (size_t i = 0; i < w.size(); ++i) wb[i] = f32_to_bf16(w[i]);
         for (size_t i = 0; i < x.size(); ++i) xb[i] = f32_to_bf16(x[i]);
         std::vector<float> y32(size_t(m) * out, NAN), y16(size_t(m) * out, NAN);
-        if (isa != Isa::kAvx512Bf16) gemv_f32_on(isa, w.data(), x.data(), bias.data(), y32.data(), m, out, in);
+        if (isa != Isa::kAvx512Bf16)
+          gemv_f32_on(isa, w.data(), x.data(), bias.data(), y32.data(), m, out, in);
         gemv_bf16_on(isa, wb.data(), xb.data(), bias.data(), y16.data(), m, out, in);
         for (int r = 0; r < m; ++r)
           for (int o = 0; o < out; ++o) {
             double r32 = bias[o], r16 = bias[o], mag = std::fabs(bias[o]);
             for (int i = 0; i < in; ++i) {
               r32 += double(w[size_t(o) * in + i]) * x[size_t(r) * in + i];
-              r16 += double(bf16_to_f32(wb[size_t(o) * in + i])) * bf16_to_f32(xb[size_t(r) * in + i]);
+              r16 +=
+                  double(bf16_to_f32(wb[size_t(o) * in + i])) * bf16_to_f32(xb[size_t(r) * in + i]);
               mag += std::fabs(double(w[size_t(o) * in + i]) * x[size_t(r) * in + i]);
             }
             const double tol = 2e-6 * mag + 1e-6;
@@ -224,7 +227,8 @@ TEST(Linear, Bf16PrefillMatchesDoubleReferenceOnBothPaths) {
     for (int o = 0; o < out; ++o) {
       double ref = bias[o], mag = std::fabs(bias[o]);
       for (int i = 0; i < in; ++i) {
-        const double p = double(bf16_to_f32(f32_to_bf16(w[size_t(o) * in + i]))) * x[size_t(r) * in + i];
+        const double p =
+            double(bf16_to_f32(f32_to_bf16(w[size_t(o) * in + i]))) * x[size_t(r) * in + i];
         ref += p;
         mag += std::fabs(p);
       }

@@ -149,8 +149,8 @@ void check_case(const Case& c, uint32_t seed) {
 
 std::vector<LogitsPath> paths_for(KeyDType t) {
   std::vector<LogitsPath> out;
-  for (LogitsPath p : {LogitsPath::kPortable, LogitsPath::kAvx2, LogitsPath::kAvx512,
-                        LogitsPath::kAvx512Bf16})
+  for (LogitsPath p :
+       {LogitsPath::kPortable, LogitsPath::kAvx2, LogitsPath::kAvx512, LogitsPath::kAvx512Bf16})
     if (logits_path_supported(p, t)) out.push_back(p);
   return out;
 }

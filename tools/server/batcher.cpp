@@ -289,8 +289,8 @@ void Batcher::run() {
       bool first_chunk = true;
       for (auto& a : active) {
         if (!a || !a->prefilling()) continue;
-        const size_t next_chunk = std::min(a->job->prompt.size() - a->prefilled,
-                                           static_cast<size_t>(opt_.prefill_chunk));
+        const size_t next_chunk =
+            std::min(a->job->prompt.size() - a->prefilled, static_cast<size_t>(opt_.prefill_chunk));
         if (!first_chunk && next_chunk > budget) break;
         budget -= std::min(budget, next_chunk);
         first_chunk = false;
