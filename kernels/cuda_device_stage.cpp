@@ -196,6 +196,7 @@ class CudaDeviceStage final : public DeviceStage {
   bool timed_ = false;
   // Decode buffers (device), grown as needed.
   DeviceBuffer rows_dev_, q_dev_, k_dev_, v_dev_, out_dev_, logits_dev_, values_dev_, scores_dev_;
+  DeviceBuffer keys_dev_;  // exact-selected: the CPU part's K rows [n_kv_heads, k, hd] bf16
   std::vector<RowDesc> rows_host_;
   std::vector<float> probs_host_;
   // Exact-attention buffers.
@@ -217,10 +218,15 @@ void CudaDeviceStage::decode(int il, const DecodeRow* rows, int n) {
     n_values += size_t(nkv) * rows[b].cpu.k * hd;
     max_total = std::max(max_total, rows[b].cpu.k + rows[b].kv->n_window() + 1);
   }
+  bool any_keys = false;  // exact-selected: K rows travel with the V rows (the same layout)
+  for (int b = 0; b < n; ++b) any_keys = any_keys || (rows[b].cpu.k > 0 && rows[b].cpu.keys);
   float* logits = static_cast<float*>(
       logits_dev_.need(std::max<size_t>(n_logits, 1) * 4, "the CPU stage's logits"));
   uint16_t* values = static_cast<uint16_t*>(
       values_dev_.need(std::max<size_t>(n_values, 1) * 2, "the CPU stage's V rows"));
+  uint16_t* keys = any_keys ? static_cast<uint16_t*>(keys_dev_.need(
+                                  std::max<size_t>(n_values, 1) * 2, "the CPU stage's K rows"))
+                            : nullptr;
   std::vector<size_t> lo_off(n), va_off(n);
   size_t lo = 0, va = 0;
   for (int b = 0; b < n; ++b) {
@@ -228,8 +234,14 @@ void CudaDeviceStage::decode(int il, const DecodeRow* rows, int n) {
     lo_off[b] = lo;
     va_off[b] = va;
     if (c.k > 0) {
-      CUDA_CHECK(cudaMemcpyAsync(logits + lo, c.logits, size_t(nh) * c.k * 4,
-                                 cudaMemcpyHostToDevice, st_.copy));
+      HG_CHECK((c.logits != nullptr) != (c.keys != nullptr),
+               "CUDA device stage: a CPU part carries either logits or K rows");
+      if (c.logits)
+        CUDA_CHECK(cudaMemcpyAsync(logits + lo, c.logits, size_t(nh) * c.k * 4,
+                                   cudaMemcpyHostToDevice, st_.copy));
+      else
+        CUDA_CHECK(cudaMemcpyAsync(keys + va, c.keys, size_t(nkv) * c.k * hd * 2,
+                                   cudaMemcpyHostToDevice, st_.copy));
       CUDA_CHECK(cudaMemcpyAsync(values + va, c.values, size_t(nkv) * c.k * hd * 2,
                                  cudaMemcpyHostToDevice, st_.copy));
     }
@@ -274,7 +286,9 @@ void CudaDeviceStage::decode(int il, const DecodeRow* rows, int n) {
     x.n_off = r.kv->n_offloaded();
     x.lo_pos = d_.sliding_window > 0 ? r.pos - d_.sliding_window + 1 : 0;
     x.k = r.cpu.k;
-    x.cpu_logits = logits + lo_off[b];
+    const bool exact_sel = r.cpu.k > 0 && r.cpu.keys;
+    x.cpu_logits = exact_sel ? nullptr : logits + lo_off[b];
+    x.cpu_keys = exact_sel ? keys + va_off[b] : nullptr;
     x.cpu_values = values + va_off[b];
     x.out = st_.host_io ? out + b * q_w : r.out;
     x.scores = scores + size_t(b) * nh * max_total;

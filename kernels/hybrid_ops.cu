@@ -74,7 +74,8 @@ __global__ void window_write_kernel(const float* __restrict__ k, const float* __
   }
 }
 
-// grid (n_heads, n_rows), kThreads threads. Logits of the CPU part (given), the window (ring,
+// grid (n_heads, n_rows), kThreads threads. Logits of the CPU part (given, or from its staged K
+// rows with q: exact-selected), the window (ring,
 // slot (first_slot + i) % cap for window-local i) and the new token; window positions older than
 // the sliding window (n_off + i < lo_pos) masked; softmax; values. Leaves the probabilities in
 // scores as [CPU part k | window nw (window-local order) | new token].
@@ -88,8 +89,15 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   const int total = r.k + r.nw + 1;
   float* sc = r.scores + int64_t(qh) * r.score_stride;
-  for (int j = threadIdx.x; j < r.k; j += blockDim.x) sc[j] = r.cpu_logits[int64_t(qh) * r.k + j];
   const int warp = threadIdx.x / kWarp, n_warps = blockDim.x / kWarp;
+  if (r.cpu_keys) {  // exact-selected: the kept tokens' logits with this row's (true) query
+    for (int j = warp; j < r.k; j += n_warps) {
+      const float s = warp_dot_bf16(q, r.cpu_keys + (int64_t(h) * r.k + j) * hd, hd) * scale;
+      if (threadIdx.x % kWarp == 0) sc[j] = s;
+    }
+  } else {
+    for (int j = threadIdx.x; j < r.k; j += blockDim.x) sc[j] = r.cpu_logits[int64_t(qh) * r.k + j];
+  }
   for (int i = warp; i < r.nw; i += n_warps) {
     const int slot = (r.first_slot + i) % r.cap;
     const float s = warp_dot_bf16(q, r.wk + (int64_t(h) * r.cap + slot) * hd, hd) * scale;

@@ -18,7 +18,8 @@ struct RowDesc {
   const float* v_new;          // [n_kv_heads, hd]
   const uint16_t* wk;          // window ring K [n_kv_heads, cap, hd] bf16 (null: empty window)
   const uint16_t* wv;          // window ring V
-  const float* cpu_logits;     // [n_heads, k] (null: k == 0)
+  const float* cpu_logits;     // [n_heads, k] (null: k == 0, or cpu_keys given)
+  const uint16_t* cpu_keys;    // [n_kv_heads, k, hd] bf16 (exact-selected: scored here with q)
   const uint16_t* cpu_values;  // [n_kv_heads, k, hd] bf16
   float* out;                  // [n_heads, hd]
   float* scores;               // scratch [n_heads, score_stride]: probabilities on exit
@@ -44,7 +45,8 @@ void window_write(const float* k,  // [n, n_kv_heads, hd]
                   Stream stream);
 
 // Decode merge for n_rows rows (rows: [n_rows] descriptors in device memory), one block per
-// (query head, row): the CPU part's logits, the window's (slot (first_slot + i) % cap for
+// (query head, row): the CPU part's logits (or, with cpu_keys, the logits of the staged K rows
+// with the row's q: exact-selected), the window's (slot (first_slot + i) % cap for
 // window-local i) and the new token's; window positions older than the sliding window
 // (n_off + i < lo_pos) masked; softmax; values from the CPU part's V rows, the ring and the new
 // token. Leaves the probabilities in each row's scores as [CPU part k | window nw | new token].

@@ -64,6 +64,16 @@ struct AttentionOptions {
   // query has a mean cosine similarity to the true query below this use the true query
   // (synchronous CPU stage). 0: speculate everywhere (the paper); 1: effectively exact.
   double speculation_min_cosine = 0.9;
+  // Where the logits of the offloaded tokens a selective policy keeps come from:
+  // "exact-selected": the CPU stage's query (speculated one layer ahead) only chooses them; their
+  //   K rows travel with their V rows and the device stage scores them with the true query
+  //   (exact attention over the kept tokens; twice the staged bytes);
+  // "speculative": the CPU stage's logits are used as they are (the paper's mode);
+  // "default": the policy's row (exact-selected for every selective policy).
+  std::string cpu_logits = "default";
+  // Scheduler guard: K is never decreased while the recall of the kept tokens (their softmax
+  // mass among every offloaded token's CPU-stage logits, Post-QKT) is below this. 0: off.
+  double recall_guard = 0.9;
   // Threads of the CPU stage's worker pool; 0: half of the threads (at least 1).
   int cpu_threads = 0;
   // A model profile written by hybridgen-eval --profile-out (JSON with "k_min"): its K_min

@@ -70,6 +70,15 @@ struct AttentionStats {
   std::vector<double> speculation_cosine_per_layer;  // [n_layers]; index 0 is exact (1)
   uint64_t key_bytes_read = 0;                       // offloaded key bytes the CPU stage read
   uint64_t value_bytes_moved = 0;                    // offloaded V bytes gathered for the device
+  uint64_t key_bytes_moved = 0;  // offloaded K bytes staged for the device (exact-selected)
+  std::string cpu_logits;        // "speculative" / "exact-selected" (split policies)
+  // Recall of the selection (Post-QKT passes): the softmax mass of the kept tokens among every
+  // offloaded token's CPU-stage logits, mean over query heads and sequences; per layer, the mean
+  // over passes (0: no Post-QKT pass), and its lowest value in one step's layer means.
+  double recall = 0;                     // mean over every Post-QKT pass
+  double recall_min_step = 0;            // lowest per-step minimum over layers (0: none)
+  std::vector<double> recall_per_layer;  // [n_layers]
+  int64_t recall_guard_holds = 0;        // steps where the scheduler's guard held K
   // Memory, bytes (used = tokens held; reserved = allocated). K and V apart.
   uint64_t window_used = 0, window_reserved = 0;
   uint64_t key_store_used = 0, key_store_reserved = 0;

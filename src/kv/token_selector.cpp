@@ -102,6 +102,26 @@ TokenSelection select_top_k(const float* logits, int n_kv_heads, int group, int 
   return s;
 }
 
+double selection_recall(const float* logits, int group, int n_tokens, int64_t head_stride,
+                        const TokenSelection& sel) {
+  HG_CHECK(group >= 1 && n_tokens >= 0 && sel.k <= n_tokens,
+           "selection_recall: bad group, token count or selection size");
+  if (n_tokens == 0 || sel.n_kv_heads == 0) return 1;
+  double sum = 0;
+  const int n_heads = sel.n_kv_heads * group;
+  for (int qh = 0; qh < n_heads; ++qh) {
+    const float* x = logits + int64_t(qh) * head_stride;
+    const float m = *std::max_element(x, x + n_tokens);
+    double all = 0, kept = 0;
+    for (int j = 0; j < n_tokens; ++j)
+      all += std::exp(x[j] - m);  // float exp: a few ns, once per logit
+    const int32_t* idx = sel.head(qh / group);
+    for (int j = 0; j < sel.k; ++j) kept += std::exp(x[idx[j]] - m);
+    sum += all > 0 ? kept / all : 1;
+  }
+  return sum / n_heads;
+}
+
 TokenSelection select_sinks_recent(int n_kv_heads, int n_tokens, int k, int n_sinks) {
   check_counts("select_sinks_recent", n_kv_heads, n_tokens, k);
   HG_CHECK(n_sinks >= 0,

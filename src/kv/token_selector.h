@@ -55,6 +55,13 @@ void top_k_ascending(const float* score, int n, int k, int32_t* out);
 TokenSelection select_top_k(const float* logits, int n_kv_heads, int group, int n_tokens,
                             int64_t head_stride, int k, GroupCombine combine = GroupCombine::kMax);
 
+// Recall of a selection (the online accuracy signal of Post-QKT): per query head qh, the softmax
+// mass that the selected tokens of its KV head (qh / group) carry among all n_tokens logits
+// (row qh at logits + qh * head_stride), averaged over the n_kv_heads * group query heads.
+// 1 when every token is selected.
+double selection_recall(const float* logits, int group, int n_tokens, int64_t head_stride,
+                        const TokenSelection& sel);
+
 // Pre-QKT, StreamingLLM: the first min(n_sinks, k) tokens and the most recent k - that many
 // (the same for every KV head). k >= n_tokens selects all.
 TokenSelection select_sinks_recent(int n_kv_heads, int n_tokens, int k, int n_sinks = 4);

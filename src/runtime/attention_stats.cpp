@@ -17,8 +17,8 @@ std::string mb(uint64_t bytes) {
 std::string format_attention_stats(const AttentionStats& s, bool verbose) {
   std::string out;
   char line[512];
-  std::snprintf(line, sizeof line, "attention: policy %s, window %d tokens\n", s.policy.c_str(),
-                s.window);
+  std::snprintf(line, sizeof line, "attention: policy %s, window %d tokens%s%s\n", s.policy.c_str(),
+                s.window, s.cpu_logits.empty() ? "" : ", cpu-logits ", s.cpu_logits.c_str());
   out += line;
   if (s.policy == "full") return out;
   std::snprintf(line, sizeof line,
@@ -31,10 +31,26 @@ std::string format_attention_stats(const AttentionStats& s, bool verbose) {
   const double n = s.decode_steps > 0 ? double(s.decode_steps) : 1.0;
   std::snprintf(line, sizeof line,
                 "  per step: device %.3f ms, CPU stage %.3f ms, V transfer %.3f ms, device "
-                "waiting %.3f ms; CPU read %s of keys, moved %s of V\n",
+                "waiting %.3f ms; CPU read %s of keys, moved %s of V and %s of K\n",
                 1e3 * s.t_device / n, 1e3 * s.t_cpu / n, 1e3 * s.t_tx / n, 1e3 * s.t_wait / n,
-                mb(s.key_bytes_read).c_str(), mb(s.value_bytes_moved).c_str());
+                mb(s.key_bytes_read).c_str(), mb(s.value_bytes_moved).c_str(),
+                mb(s.key_bytes_moved).c_str());
   out += line;
+  if (s.recall > 0) {
+    std::snprintf(line, sizeof line,
+                  "  selection recall (Post-QKT, kept mass of the CPU-stage softmax): mean %.4f, "
+                  "lowest step %.4f; scheduler held K for low recall in %lld steps\n",
+                  s.recall, s.recall_min_step, (long long)s.recall_guard_holds);
+    out += line;
+    if (verbose) {
+      out += "  recall per layer:";
+      for (double r : s.recall_per_layer) {
+        std::snprintf(line, sizeof line, " %.3f", r);
+        out += line;
+      }
+      out += "\n";
+    }
+  }
   std::snprintf(line, sizeof line,
                 "  memory (used / reserved): device window %s / %s, key store %s / %s, value "
                 "store %s / %s, staging %s (allocator %s)\n",

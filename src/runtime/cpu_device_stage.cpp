@@ -81,6 +81,8 @@ void CpuDeviceStage::decode_row(const DecodeRow& r) {
   const kv::WindowStore* ws = kv.window();
   const int cap = ws ? ws->capacity() : 0;
   const int total = k + nw + 1;  // kept offloaded, window, the new token
+  HG_CHECK(k == 0 || (r.cpu.logits != nullptr) != (r.cpu.keys != nullptr),
+           "device stage: a CPU part carries either logits or K rows");
   kv::HeavyHitterAccumulator* heavy = r.heavy;
   if (heavy) heavy->scores_for_update(0, p + 1);  // grow once, outside the parallel region
 
@@ -88,18 +90,25 @@ void CpuDeviceStage::decode_row(const DecodeRow& r) {
   {
     std::vector<float> window_logits(cap);  // [window slots] in slot order, as the device has them
     std::vector<float> probs(total);        // [total] in original position order
+    std::vector<float> kept_logits(r.cpu.keys ? k : 0);  // [k] exact-selected: this stage's
 #pragma omp for schedule(static)
     for (int qh = 0; qh < d_.n_heads; ++qh) {
       const int h = qh / group;
       const float* qv = r.q + int64_t(qh) * hd;
+      const float* cpu_logits = k > 0 && r.cpu.logits ? r.cpu.logits + int64_t(qh) * k : nullptr;
+      if (k > 0 && r.cpu.keys) {  // exact-selected: the kept tokens' logits with the true query
+        const uint16_t* ks = r.cpu.keys + int64_t(h) * k * hd;
+        for (int j = 0; j < k; ++j)
+          kept_logits[j] = host::dot_bf16(qv, ks + int64_t(j) * hd, hd) * scale_;
+        cpu_logits = kept_logits.data();
+      }
       for (int i = 0; i < nw; ++i) {
         const int s = kv.window_slot(i);
         window_logits[s] = dot_f32(qv, ws->host_keys(h) + int64_t(s) * hd, hd) * scale_;
       }
       static const int32_t kNoSelection = 0;  // non-null: "a selection of k == 0 tokens"
-      kv::concat_tiers(kv, k > 0 ? r.cpu.sel + int64_t(h) * k : &kNoSelection, k,
-                       k > 0 ? r.cpu.logits + int64_t(qh) * k : nullptr, window_logits.data(), 1,
-                       probs.data());
+      kv::concat_tiers(kv, k > 0 ? r.cpu.sel + int64_t(h) * k : &kNoSelection, k, cpu_logits,
+                       window_logits.data(), 1, probs.data());
       probs[total - 1] = dot_f32(qv, r.k_new + int64_t(h) * hd, hd) * scale_;
       for (int i = 0; i < nw; ++i)  // sliding window: window positions too old to attend
         if (n_off + i < lo_pos) probs[k + i] = kNegInf;

@@ -47,11 +47,14 @@ class QueryProvider {
 };
 
 // One decode row's CPU-stage part, as the CPU stage left it in host memory (pinned staging on
-// a GPU): the logits and V rows of the offloaded tokens it kept.
+// a GPU): the offloaded tokens it kept, with either their logits (speculative: computed by the
+// CPU stage with its query) or their K rows (exact-selected: the device stage scores them with
+// the true query), and their V rows.
 struct CpuPart {
   int k = 0;                         // offloaded tokens kept per KV head (0: none)
   const int32_t* sel = nullptr;      // [n_kv_heads, k] host-local indices, ascending
-  const float* logits = nullptr;     // [n_heads, k] scaled logits (q . k / sqrt(d))
+  const float* logits = nullptr;     // [n_heads, k] scaled logits (q . k / sqrt(d)); null: keys
+  const uint16_t* keys = nullptr;    // [n_kv_heads, k, head_dim] bf16 (exact-selected), or null
   const uint16_t* values = nullptr;  // [n_kv_heads, k, head_dim] bf16 (kv::VStaging)
 };
 
@@ -100,7 +103,8 @@ class DeviceStage {
   virtual const float* to_host(const float* src, size_t n, std::vector<float>& scratch) = 0;
 
   // Decode attention of one layer for every row (one token per sequence): the window's logits
-  // and the new token's, concatenated with the CPU part's logits in position order (the token
+  // and the new token's, concatenated with the CPU part's logits (or, when the part carries K
+  // rows, the logits of those rows with the row's own query q) in position order (the token
   // mapper's ranges), one softmax, values from the CPU part's staged rows, the window and the
   // new token — exactly monolithic attention over the kept tokens. Positions older than the
   // sliding window (dims.sliding_window) are masked. Then each new token enters its window and

@@ -39,6 +39,7 @@ struct HybridRuntime::RowResult {
   std::vector<float> logits;             // [n_heads, k] scaled logits of the selected tokens
   std::vector<float> all_logits;         // [n_heads, n_off - lo] Post-QKT scratch
   std::unique_ptr<kv::VStaging> values;  // [n_kv_heads, k, head_dim] bf16
+  std::unique_ptr<kv::VStaging> keys;    // exact-selected: [n_kv_heads, k, head_dim] bf16
 };
 
 struct HybridRuntime::Slot {
@@ -106,6 +107,7 @@ HybridRuntime::HybridRuntime(const HybridConfig& config, const ModelDims& dims,
   if (pp_.uses_scheduler) {
     SchedulerConfig sc;
     sc.k_min = cfg_.k_min;
+    sc.recall_guard = cfg_.recall_guard;
     scheduler_ = std::make_unique<FeedbackScheduler>(sc);
   }
   for (int i = 0; i < 2; ++i) {
@@ -116,8 +118,11 @@ HybridRuntime::HybridRuntime(const HybridConfig& config, const ModelDims& dims,
   epoch_ = now_seconds();
   cos_sum_.assign(n_layers_, 0.0);
   cos_count_.assign(n_layers_, 0);
+  recall_sum_.assign(n_layers_, 0.0);
+  recall_count_.assign(n_layers_, 0);
   exact_layer_.assign(n_layers_, 0);
   stats_.policy = policy_name(cfg_.policy);
+  if (pp_.row->decode == DecodePath::kSplit) stats_.cpu_logits = logits_on_name(cfg_.logits_on);
   stats_.window = cfg_.window;
   stats_.allocator = alloc_.name();
 
@@ -181,6 +186,8 @@ void HybridRuntime::begin_step(const Batch& batch, const int32_t* pos) {
   step_t0_ = now_seconds();
   step_wait_ = step_cpu_ = step_tx_ = step_sync_cpu_ = 0;
   step_min_off_ = std::numeric_limits<int>::max();
+  step_recall_min_ = 1;
+  step_recall_seen_ = false;
   for (int i = 0; i < n_rows_; ++i)
     step_min_off_ = std::min(step_min_off_, cache_->layer(seqs_[i], 0).n_offloaded());
   plan_ = effective_plan(cfg_, scheduler_.get());
@@ -252,6 +259,9 @@ HybridRuntime::Done HybridRuntime::cpu_stage(int il, const float* q, int slot_in
   const double t0 = now_seconds();
   double t_tx = 0;
   const uint64_t key_row = uint64_t(n_kv_heads_) * head_dim_ * 2;  // one token's bf16 K or V
+  // exact-selected: this stage only CHOOSES the tokens; the device stage scores them with the
+  // true query from their staged K rows, so no logits of the kept tokens are computed here.
+  const bool exact_sel = cfg_.logits_on == LogitsOn::kDevice;
   for (int b = 0; b < n_rows_; ++b) {
     RowResult& r = slot.rows[b];
     const kv::TieredLayerKv& kv = cache_->layer(seqs_[b], il);
@@ -277,7 +287,9 @@ HybridRuntime::Done HybridRuntime::cpu_stage(int il, const float* q, int slot_in
     lp.keys = keys;
     lp.scale = scale_;
 
-    if (rp.scoring == Scoring::kAll || rp.scoring == Scoring::kPostTopK) {
+    if (rp.scoring == Scoring::kAll && exact_sel) {
+      r.sel = kv::select_all(n_kv_heads_, avail);  // every token: nothing to choose
+    } else if (rp.scoring == Scoring::kAll || rp.scoring == Scoring::kPostTopK) {
       std::vector<float>& dst = rp.scoring == Scoring::kAll ? r.logits : r.all_logits;
       dst.resize(size_t(n_heads_) * avail);
       lp.n_tokens = avail;
@@ -289,12 +301,16 @@ HybridRuntime::Done HybridRuntime::cpu_stage(int il, const float* q, int slot_in
         r.sel = kv::select_all(n_kv_heads_, avail);
       } else {
         r.sel = kv::select_top_k(r.all_logits.data(), n_kv_heads_, group_, avail, avail, k);
-        r.logits.resize(size_t(n_heads_) * k);
-        for (int qh = 0; qh < n_heads_; ++qh) {
-          const int32_t* idx = r.sel.head(qh / group_);
-          const float* src = r.all_logits.data() + size_t(qh) * avail;
-          float* dstq = r.logits.data() + size_t(qh) * k;
-          for (int j = 0; j < k; ++j) dstq[j] = src[idx[j]];
+        d.recall_sum += kv::selection_recall(r.all_logits.data(), group_, avail, avail, r.sel);
+        ++d.recall_n;
+        if (!exact_sel) {
+          r.logits.resize(size_t(n_heads_) * k);
+          for (int qh = 0; qh < n_heads_; ++qh) {
+            const int32_t* idx = r.sel.head(qh / group_);
+            const float* src = r.all_logits.data() + size_t(qh) * avail;
+            float* dstq = r.logits.data() + size_t(qh) * k;
+            for (int j = 0; j < k; ++j) dstq[j] = src[idx[j]];
+          }
         }
       }
     } else {  // Pre-QKT: predict, then logits of the K predicted tokens only
@@ -307,14 +323,16 @@ HybridRuntime::Done HybridRuntime::cpu_stage(int il, const float* q, int slot_in
       } else {  // sinks + recent (also heavy under a sliding window: scores index positions)
         r.sel = kv::select_sinks_recent(n_kv_heads_, avail, k, std::min(cfg_.n_sinks, k));
       }
-      r.logits.resize(size_t(n_heads_) * k);
-      lp.n_tokens = k;
-      lp.token_index = r.sel.idx.data();
-      lp.index_head_stride = k;
-      lp.out = r.logits.data();
-      lp.out_head_stride = k;
-      cpu::attention_logits(lp, cfg_.logits_path);
-      d.key_bytes += key_row * k;
+      if (!exact_sel) {
+        r.logits.resize(size_t(n_heads_) * k);
+        lp.n_tokens = k;
+        lp.token_index = r.sel.idx.data();
+        lp.index_head_stride = k;
+        lp.out = r.logits.data();
+        lp.out_head_stride = k;
+        cpu::attention_logits(lp, cfg_.logits_path);
+        d.key_bytes += key_row * k;
+      }
     }
     // Selection indices are relative to lo; the stores and the concatenator use host-local ones.
     if (r.lo > 0)
@@ -326,6 +344,12 @@ HybridRuntime::Done HybridRuntime::cpu_stage(int il, const float* q, int slot_in
     if (!r.values)
       r.values = std::make_unique<kv::VStaging>(alloc_, n_kv_heads_, head_dim_, pp_.max_k);
     r.values->gather(kv.value_store(), r.sel);
+    if (exact_sel) {  // the same gather from the key store: twice the staged bytes
+      if (!r.keys)
+        r.keys = std::make_unique<kv::VStaging>(alloc_, n_kv_heads_, head_dim_, pp_.max_k);
+      r.keys->gather(kv.key_store(), r.sel);
+      d.k_staged_bytes += key_row * k;
+    }
     t_tx += now_seconds() - tg;
     d.v_bytes += key_row * k;
   }
@@ -410,6 +434,14 @@ void HybridRuntime::split_attention(int il, const float* q, const float* k, cons
   step_tx_ += d.t_tx;
   stats_.key_bytes_read += d.key_bytes;
   stats_.value_bytes_moved += d.v_bytes;
+  stats_.key_bytes_moved += d.k_staged_bytes;
+  if (d.recall_n > 0) {
+    const double layer_recall = d.recall_sum / d.recall_n;
+    recall_sum_[il] += d.recall_sum;
+    recall_count_[il] += d.recall_n;
+    step_recall_min_ = std::min(step_recall_min_, layer_recall);
+    step_recall_seen_ = true;
+  }
   const Slot& slot = *slots_[il % 2];
   rows_.resize(n_rows_);
   for (int b = 0; b < n_rows_; ++b) {
@@ -431,7 +463,10 @@ void HybridRuntime::split_attention(int il, const float* q, const float* k, cons
     if (r.k > 0) {
       row.cpu.k = r.k;
       row.cpu.sel = r.sel.idx.data();
-      row.cpu.logits = r.logits.data();
+      if (cfg_.logits_on == LogitsOn::kDevice)
+        row.cpu.keys = r.keys->data();
+      else
+        row.cpu.logits = r.logits.data();
       row.cpu.values = r.values->data();
     }
     row.heavy = heavy(seqs_[b], il);
@@ -451,6 +486,10 @@ void HybridRuntime::split_attention(int il, const float* q, const float* k, cons
         break;
     }
   }
+  if (cfg_.decode_observer)
+    for (int b = 0; b < n_rows_; ++b)
+      cfg_.decode_observer(il, seqs_[b], rows_[b].kv->n_offloaded(), rows_[b].cpu.k,
+                           rows_[b].cpu.sel);
   device_->decode(il, rows_.data(), n_rows_);
 }
 
@@ -566,9 +605,13 @@ void HybridRuntime::end_step() {
           "layer(s){}: those use the true query (synchronous CPU stage)",
           cfg_.speculation_min_cosine, exact);
   }
+  if (step_recall_seen_) {
+    recall_min_step_ = std::min(recall_min_step_, step_recall_min_);
+    recall_any_ = true;
+  }
   if (scheduler_ && path_ == DecodePath::kSplit &&
       step_min_off_ != std::numeric_limits<int>::max() && step_min_off_ >= cfg_.k_min)
-    scheduler_->update(step_, -1, lat, step_min_off_);
+    scheduler_->update(step_, -1, lat, step_min_off_, step_recall_min_);
   ++step_;
 }
 
@@ -582,6 +625,15 @@ AttentionStats HybridRuntime::stats() const {
     if (l > 0) cs += cos_sum_[l], cn += cos_count_[l];
   }
   s.speculation_cosine = cn ? cs / cn : 0;
+  double rs = 0;
+  int64_t rn = 0;
+  for (int l = 0; l < n_layers_; ++l) {
+    s.recall_per_layer.push_back(recall_count_[l] ? recall_sum_[l] / recall_count_[l] : 0);
+    rs += recall_sum_[l], rn += recall_count_[l];
+  }
+  s.recall = rn ? rs / rn : 0;
+  s.recall_min_step = recall_any_ ? recall_min_step_ : 0;
+  if (scheduler_) s.recall_guard_holds = scheduler_->count(SchedulerBranch::kHoldLowRecall);
   reported_choice(cfg_, effective_plan(cfg_, scheduler_.get()), &s.k_now, &s.mode_now);
   const kv::TierBytes tb = cache_->bytes();
   s.window_used = tb.window_used;
@@ -594,6 +646,7 @@ AttentionStats HybridRuntime::stats() const {
   for (const auto& slot : slots_)
     for (const RowResult& r : slot->rows) {
       if (r.values) staging += r.values->bytes();
+      if (r.keys) staging += r.keys->bytes();
       staging += (r.logits.capacity() + r.all_logits.capacity()) * sizeof(float);
     }
   s.staging_bytes = staging;
@@ -618,8 +671,13 @@ void HybridRuntime::reset_stats() {
   worker_events_.clear();
   cos_sum_.assign(n_layers_, 0.0);
   cos_count_.assign(n_layers_, 0);
+  recall_sum_.assign(n_layers_, 0.0);
+  recall_count_.assign(n_layers_, 0);
+  recall_min_step_ = 1;
+  recall_any_ = false;
   AttentionStats fresh;
   fresh.policy = stats_.policy;
+  fresh.cpu_logits = stats_.cpu_logits;
   fresh.window = stats_.window;
   fresh.allocator = stats_.allocator;
   stats_ = fresh;

@@ -107,7 +107,10 @@ class HybridRuntime : public AttentionRunner {
     int layer = -1;
     double t_cpu = 0, t_tx = 0;
     uint64_t key_bytes = 0, v_bytes = 0;
-    std::string error;  // non-empty: the CPU stage failed (rethrown on the device stage)
+    uint64_t k_staged_bytes = 0;  // exact-selected: the kept K rows staged beside the V rows
+    double recall_sum = 0;        // Post-QKT rows: sum of their recall (mean over query heads)
+    int recall_n = 0;             // Post-QKT rows
+    std::string error;            // non-empty: the CPU stage failed (rethrown on the device stage)
   };
 
   // CPU stage of layer il for every batch row into slot `slot`; q: host [n, n_heads, head_dim].
@@ -163,6 +166,12 @@ class HybridRuntime : public AttentionRunner {
   // Step timing and counters.
   double step_t0_ = 0, step_wait_ = 0, step_cpu_ = 0, step_tx_ = 0, step_sync_cpu_ = 0;
   int step_min_off_ = 0;
+  double step_recall_min_ = 1;  // lowest layer-mean recall of this step (1: no Post-QKT pass)
+  bool step_recall_seen_ = false;
+  std::vector<double> recall_sum_;     // [n_layers] summed Post-QKT row recalls
+  std::vector<int64_t> recall_count_;  // [n_layers]
+  double recall_min_step_ = 1;
+  bool recall_any_ = false;
   AttentionStats stats_;
   double k_sum_ = 0;
   std::vector<double> cos_sum_;       // [n_layers] speculated vs true query, summed over heads

@@ -17,13 +17,13 @@ const std::vector<PolicyRow>& policy_table() {
   static const std::vector<PolicyRow> kTable = {
     // policy                name           win0   decode                  pipe   sched  K source         scoring            own pred  predictor              recent  logits           merge
     {Policy::kFull,         "full",         false, DecodePath::kOneTier,   false, false, KSource::kAll,   Scoring::kAll,     false, Predictor::kHeavy,       0, LogitsOn::kDevice, "none: one tier"},
-    {Policy::kHybrid,       "hybrid",       false, DecodePath::kSplit,     true,  true,  KSource::kPlan,  Scoring::kAll,     false, Predictor::kHeavy,       0, LogitsOn::kCpu,    "CPU logits + staged V with the window"},
+    {Policy::kHybrid,       "hybrid",       false, DecodePath::kSplit,     true,  true,  KSource::kPlan,  Scoring::kAll,     false, Predictor::kHeavy,       0, LogitsOn::kDevice, "kept logits + staged V with the window"},
     {Policy::kAog,          "aog",          true,  DecodePath::kStreamAll, false, false, KSource::kAll,   Scoring::kNone,    false, Predictor::kHeavy,       0, LogitsOn::kDevice, "every offloaded K/V, streamed"},
     {Policy::kAoc,          "aoc",          true,  DecodePath::kHostExact, false, false, KSource::kAll,   Scoring::kAll,     false, Predictor::kHeavy,       0, LogitsOn::kCpu,    "the CPU's attention output"},
-    {Policy::kH2o,          "h2o",          false, DecodePath::kSplit,     true,  false, KSource::kFixed, Scoring::kPreK,    true,  Predictor::kHeavy,       2, LogitsOn::kCpu,    "CPU logits + staged V with the window"},
-    {Policy::kStreamingLlm, "streamingllm", false, DecodePath::kSplit,     true,  false, KSource::kSinks, Scoring::kPreK,    true,  Predictor::kSinksRecent, 0, LogitsOn::kCpu,    "CPU logits + staged V with the window"},
-    {Policy::kKeyformer,    "keyformer",    false, DecodePath::kSplit,     true,  false, KSource::kFixed, Scoring::kPostTopK,false, Predictor::kHeavy,       0, LogitsOn::kCpu,    "CPU logits + staged V with the window"},
-    {Policy::kInfinigen,    "infinigen",    false, DecodePath::kSplit,     true,  false, KSource::kFixed, Scoring::kPreK,    true,  Predictor::kPartial,     0, LogitsOn::kCpu,    "CPU logits + staged V with the window"},
+    {Policy::kH2o,          "h2o",          false, DecodePath::kSplit,     true,  false, KSource::kFixed, Scoring::kPreK,    true,  Predictor::kHeavy,       2, LogitsOn::kDevice, "kept logits + staged V with the window"},
+    {Policy::kStreamingLlm, "streamingllm", false, DecodePath::kSplit,     true,  false, KSource::kSinks, Scoring::kPreK,    true,  Predictor::kSinksRecent, 0, LogitsOn::kDevice, "kept logits + staged V with the window"},
+    {Policy::kKeyformer,    "keyformer",    false, DecodePath::kSplit,     true,  false, KSource::kFixed, Scoring::kPostTopK,false, Predictor::kHeavy,       0, LogitsOn::kDevice, "kept logits + staged V with the window"},
+    {Policy::kInfinigen,    "infinigen",    false, DecodePath::kSplit,     true,  false, KSource::kFixed, Scoring::kPreK,    true,  Predictor::kPartial,     0, LogitsOn::kDevice, "kept logits + staged V with the window"},
   };
   // clang-format on
   return kTable;
@@ -49,6 +49,10 @@ const char* policy_name(Policy p) {
   for (const PolicyRow& r : policy_table())
     if (r.policy == p) return r.name;
   return "?";
+}
+
+const char* logits_on_name(LogitsOn l) {
+  return l == LogitsOn::kCpu ? "speculative" : "exact-selected";
 }
 
 const char* scoring_name(Scoring s) {
@@ -130,6 +134,18 @@ HybridConfig resolve_attention_options(const AttentionOptions& o, int n_ctx, int
   HG_CHECK(o.device_memory_mb >= 0, "--gpu-memory-mb must be >= 0");
   c.device_memory_bytes = static_cast<uint64_t>(o.device_memory_mb * 1e6);
   c.speculative = o.speculative;
+  if (o.cpu_logits == "default")
+    c.logits_on = row.decode == DecodePath::kSplit ? row.logits_on : LogitsOn::kCpu;
+  else if (o.cpu_logits == "speculative")
+    c.logits_on = LogitsOn::kCpu;
+  else if (o.cpu_logits == "exact-selected")
+    c.logits_on = LogitsOn::kDevice;
+  else
+    fail("unknown CPU-logits mode '" + o.cpu_logits +
+         "' (the --cpu-logits flag: default, speculative, exact-selected)");
+  HG_CHECK(o.recall_guard >= 0 && o.recall_guard <= 1,
+           "--recall-guard must be in [0, 1], got " + std::to_string(o.recall_guard));
+  c.recall_guard = o.recall_guard;
   HG_CHECK(o.speculation_min_cosine >= 0 && o.speculation_min_cosine <= 1,
            "--spec-min-cosine must be in [0, 1], got " + std::to_string(o.speculation_min_cosine));
   c.speculation_min_cosine = o.speculation_min_cosine;

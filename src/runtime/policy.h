@@ -4,14 +4,18 @@
 // reads this table and nothing else to decide what a policy does; a new baseline is a new row.
 //
 //   policy        window    decode      CPU stage scores           keeps        logits  merge
-//   hybrid        --window  split       plan: all / Post / Pre     top-K / all  CPU     CPU+win
-//   keyformer     --window  split       every offloaded (Post)     top-K        CPU     CPU+win
-//   h2o           --window  split       K predicted (heavy+recent) those K      CPU     CPU+win
-//   streamingllm  --window  split       the sinks (Pre)            the sinks    CPU     CPU+win
-//   infinigen     --window  split       K predicted (partial dims) those K      CPU     CPU+win
+//   hybrid        --window  split       plan: all / Post / Pre     top-K / all  device  sel+win
+//   keyformer     --window  split       every offloaded (Post)     top-K        device  sel+win
+//   h2o           --window  split       K predicted (heavy+recent) those K      device  sel+win
+//   streamingllm  --window  split       the sinks (Pre)            the sinks    device  sel+win
+//   infinigen     --window  split       K predicted (partial dims) those K      device  sel+win
 //   aoc           0         host exact  every token, V included    all          CPU     CPU result
 //   aog           0         stream all  none (K/V shipped)         all          device  all
-//   (CPU+win: the CPU part's logits and staged V rows with the window's, in position order)
+//   (sel+win: the kept tokens' logits and staged V rows merged with the window's, in position
+//   order. "logits" is where the kept tokens' logits come from by default (--cpu-logits):
+//   device = exact-selected: the CPU stage's (speculative) query only CHOOSES the tokens, their
+//   K rows are staged with their V rows and the device stage scores them with the true query;
+//   CPU = speculative: the CPU stage's logits are used as they are (the paper's mode).)
 //
 // "plan" (hybrid): --selection adaptive follows the feedback scheduler's plan (Algorithm 1: K and
 // Post-/Pre-QKT); post / pre fix the mode, off keeps every offloaded token.
@@ -69,8 +73,12 @@ enum class KSource : uint8_t {
   kSinks,  // the attention sinks (streamingllm)
 };
 
-// Where the offloaded tokens' logits are computed.
-enum class LogitsOn : uint8_t { kCpu, kDevice };
+// Where the kept offloaded tokens' logits are computed (--cpu-logits).
+enum class LogitsOn : uint8_t {
+  kCpu,     // "speculative": the CPU stage's logits (its query: speculated one layer ahead)
+  kDevice,  // "exact-selected": the device stage's, with the true query, from staged K rows
+};
+const char* logits_on_name(LogitsOn l);
 
 // One row of the policy table.
 struct PolicyRow {
@@ -85,8 +93,8 @@ struct PolicyRow {
   bool own_predictor;   // Pre-QKT predictor fixed by the policy (else --predictor)
   Predictor predictor;  // when own_predictor
   int recent_divisor;   // > 0: K / recent_divisor of the predicted tokens are the most recent
-  LogitsOn logits_on;
-  const char* merge;  // what the device stage merges (docs and -v)
+  LogitsOn logits_on;   // default of --cpu-logits for split rows
+  const char* merge;    // what the device stage merges (docs and -v)
 };
 
 // The table, one row per policy (kFull included: one tier, no runtime).
@@ -102,6 +110,11 @@ struct HybridConfig {
   SelectionControl selection = SelectionControl::kAdaptive;
   Predictor predictor = Predictor::kHeavy;
   bool speculative = true;
+  LogitsOn logits_on = LogitsOn::kDevice;  // split rows: where the kept tokens' logits come from
+  // Scheduler guard (Post-QKT): K is never decreased (and Pre-QKT never chosen) in a step whose
+  // recall (softmax mass of the kept tokens among every offloaded token's CPU-stage logits,
+  // lowest layer mean) is below this. 0: no guard.
+  double recall_guard = 0.9;
   int cpu_threads = 1;
   int n_sinks = 4;       // streamingllm and the sinks+recent predictor
   int partial_dims = 0;  // InfiniGen-style predictor: query dimensions used (0: head_dim / 4)
@@ -120,6 +133,11 @@ struct HybridConfig {
   // Fault injection and tests: called by the CPU stage before each layer's work (may sleep or
   // throw). Unset in normal runs.
   std::function<void(int layer)> cpu_stage_hook;
+  // Tests: called on the device stage for each decode row just before DeviceStage::decode, with
+  // the layer, the row's sequence slot, its offloaded count and its CPU part (the selection the
+  // reference attends over). Unset in normal runs.
+  std::function<void(int layer, int seq, int n_offloaded, int k, const int32_t* sel)>
+      decode_observer;
 };
 
 // Validates the public options (errors name the flag) and resolves defaults:

@@ -20,6 +20,8 @@ const char* scheduler_branch_name(SchedulerBranch b) {
       return "decrease";
     case SchedulerBranch::kSwitchToPre:
       return "switch-to-pre";
+    case SchedulerBranch::kHoldLowRecall:
+      return "hold-low-recall";
   }
   return "?";
 }
@@ -27,11 +29,11 @@ const char* scheduler_branch_name(SchedulerBranch b) {
 std::string SchedulerDecision::to_string() const {
   char buf[256];
   std::snprintf(buf, sizeof buf,
-                "step %lld layer %d: T_gpu %.6g T_cpu %.6g T_tx %.6g offloaded %d -> %s: "
-                "K %d -> %d, %s -> %s",
+                "step %lld layer %d: T_gpu %.6g T_cpu %.6g T_tx %.6g offloaded %d recall %.4f "
+                "-> %s: K %d -> %d, %s -> %s",
                 static_cast<long long>(step), layer, in.t_gpu, in.t_cpu, in.t_tx, n_offloaded,
-                scheduler_branch_name(branch), k_before, k, selection_mode_name(mode_before),
-                selection_mode_name(mode));
+                recall, scheduler_branch_name(branch), k_before, k,
+                selection_mode_name(mode_before), selection_mode_name(mode));
   return buf;
 }
 
@@ -44,6 +46,9 @@ FeedbackScheduler::FeedbackScheduler(const SchedulerConfig& config) : config_(co
   HG_CHECK(config.decrease_factor >= 0 && config.decrease_factor < 1,
            "feedback scheduler: decrease_factor must be in [0, 1), got " +
                std::to_string(config.decrease_factor));
+  HG_CHECK(config.recall_guard >= 0 && config.recall_guard <= 1,
+           "feedback scheduler: recall_guard must be in [0, 1], got " +
+               std::to_string(config.recall_guard));
   reset();
 }
 
@@ -53,7 +58,9 @@ void FeedbackScheduler::reset() {
 }
 
 SchedulerDecision FeedbackScheduler::update(int64_t step, int layer, const StageLatencies& lat,
-                                            int n_offloaded) {
+                                            int n_offloaded, double recall) {
+  HG_CHECK(recall >= 0 && recall <= 1.000001,
+           "feedback scheduler: recall must be in [0, 1], got " + std::to_string(recall));
   HG_CHECK(n_offloaded >= config_.k_min,
            "feedback scheduler: K_min = " + std::to_string(config_.k_min) + " is above the " +
                std::to_string(n_offloaded) +
@@ -68,6 +75,7 @@ SchedulerDecision FeedbackScheduler::update(int64_t step, int layer, const Stage
   d.layer = layer;
   d.in = lat;
   d.n_offloaded = n_offloaded;
+  d.recall = recall;
   // The offloaded count bounds K (it could have shrunk, e.g. a shorter sequence in the batch).
   k_ = std::min(k_, n_offloaded);
   d.k_before = k_;
@@ -77,6 +85,8 @@ SchedulerDecision FeedbackScheduler::update(int64_t step, int layer, const Stage
     // line 9: Increase K to improve accuracy (never past the offloaded tokens)
     d.branch = SchedulerBranch::kIncrease;
     k_ = static_cast<int>(std::min<int64_t>(int64_t{k_} + config_.increase_step, n_offloaded));
+  } else if (recall < config_.recall_guard) {  // the guard: the selection misses mass
+    d.branch = SchedulerBranch::kHoldLowRecall;
   } else if (k_ > config_.k_min) {  // line 10: else; line 11: if K > K_min then
     // line 12: Decrease K while ensuring K >= K_min (at least by one token, so that K reaches
     // K_min and line 14 can fire)

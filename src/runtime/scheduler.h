@@ -35,6 +35,11 @@
 // - Pre-QKT -> Post-QKT: Algorithm 1 has no line that switches back, so by default the mode
 //   stays Pre-QKT once chosen (lines 8-9 still raise K while the pipeline has slack). The only
 //   way back is an explicit reset() (e.g. a new request), which re-runs lines 6-7.
+// - A recall guard (not in the paper; issue 13): update() may be given the step's recall (the
+//   softmax mass the kept tokens carry among every offloaded token's CPU-stage logits, lowest
+//   layer mean). While it is below `recall_guard`, lines 11-14 are not taken: K is held (neither
+//   decreased nor switched to Pre-QKT, whose predictor has no such signal). Lines 8-9 still raise
+//   K. recall_guard 0: off (Algorithm 1 exactly).
 // - A single K for all layers (§4.3.1: "A single K value is used across layers"). Decisions may
 //   be made per step or per layer; the layer is recorded in the trace (-1: per step).
 #pragma once
@@ -51,6 +56,9 @@ struct SchedulerConfig {
   int k_min = 0;                 // line 4: offline accuracy threshold, >= 1
   int increase_step = 64;        // line 9: K += increase_step (then clamped to the offloaded count)
   double decrease_factor = 0.5;  // line 12: K <- max(K_min, min(K - 1, floor(K * factor)))
+  // Guard: lines 11-14 are skipped (K held) while the step's recall is below this; 0: off.
+  // 0.9: the kept tokens must carry 90% of the (speculated) attention mass before K may shrink.
+  double recall_guard = 0.9;
   // Decisions kept in the trace: the most recent ones, at most this many (bounded memory for
   // long runs); all are counted.
   size_t trace_capacity = 4096;
@@ -65,9 +73,10 @@ struct StageLatencies {
 
 // Which lines of Algorithm 1 a decision took.
 enum class SchedulerBranch : uint8_t {
-  kIncrease = 0,     // lines 8-9: the CPU stage fits under the GPU stage
-  kDecrease = 1,     // lines 11-12: CPU-bound and K > K_min
-  kSwitchToPre = 2,  // lines 13-14: CPU-bound at K = K_min (a no-op if already Pre-QKT)
+  kIncrease = 0,       // lines 8-9: the CPU stage fits under the GPU stage
+  kDecrease = 1,       // lines 11-12: CPU-bound and K > K_min
+  kSwitchToPre = 2,    // lines 13-14: CPU-bound at K = K_min (a no-op if already Pre-QKT)
+  kHoldLowRecall = 3,  // CPU-bound, but recall < recall_guard: K and the mode kept
 };
 const char* scheduler_branch_name(SchedulerBranch b);
 
@@ -77,6 +86,7 @@ struct SchedulerDecision {
   int layer = -1;  // -1: a per-step decision
   StageLatencies in;
   int n_offloaded = 0;
+  double recall = 1;
   SchedulerBranch branch = SchedulerBranch::kIncrease;
   int k_before = 0;
   SelectionMode mode_before = SelectionMode::kPostQkt;
@@ -102,7 +112,9 @@ class FeedbackScheduler {
 
   // Applies lines 8-16 to measured latencies. n_offloaded: tokens currently offloaded (the upper
   // bound of K). Throws hybridgen::Error if n_offloaded < K_min or a latency is negative or NaN.
-  SchedulerDecision update(int64_t step, int layer, const StageLatencies& lat, int n_offloaded);
+  // recall: the step's selection recall in [0, 1] (1: unknown, no guard).
+  SchedulerDecision update(int64_t step, int layer, const StageLatencies& lat, int n_offloaded,
+                           double recall = 1);
 
   // Lines 6-7 again: K <- K_min, Post-QKT. The trace and counters are kept.
   void reset();
@@ -118,7 +130,7 @@ class FeedbackScheduler {
   SelectionMode mode_;
   std::vector<SchedulerDecision> trace_;
   int64_t decisions_ = 0;
-  int64_t branch_counts_[3] = {0, 0, 0};
+  int64_t branch_counts_[4] = {0, 0, 0, 0};
 };
 
 }  // namespace hybridgen::runtime

@@ -93,6 +93,9 @@ int main(int argc, char** argv) {
     cfg.k_min = 4;
     cfg.speculative = true;
     cfg.cpu_threads = 1;
+    // The recall guard would hold K on this random model (its selections carry little mass) and
+    // Algorithm 1's switch to Pre-QKT, which this soak exercises, would never fire.
+    cfg.recall_guard = 0;
     // Slow CPU-stage phases: 100 fast steps, then 100 steps whose CPU stage sleeps 200 us per
     // layer (CPU-bound: the scheduler decreases K to K_min and switches to Pre-QKT).
     std::atomic<bool> slow{false};

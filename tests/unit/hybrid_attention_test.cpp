@@ -46,10 +46,22 @@ constexpr int kCtx = 64;
 //     last W of them: cutoff = (last position of s in the batch + 1) - W;
 //   decode step (one token per sequence): attention runs before the step's eviction, over the
 //     W window tokens and the new one: cutoff = pos - W.
+//
+// With a selection map (selective paths), a decode token attends only to the offloaded tokens
+// the runtime kept for its KV head (the map, filled by HybridConfig::decode_observer), the
+// window and itself: exact attention over (selected ∪ window ∪ new token), computed here from
+// the one-tier cache with the true query, independent of the runtime's tiers and merge.
+struct KeptSet {
+  int n_off = 0, k = 0;
+  std::vector<int32_t> idx;  // [n_kv_heads, k] positions (host-local index == position)
+};
+using KeptMap = std::map<std::pair<int, int>, KeptSet>;  // (layer, sequence) -> this step's
+
 class RoundedReference final : public AttentionRunner {
  public:
-  RoundedReference(kv::KvCacheManager& cache, const ModelConfig& c, int window)
-      : cache_(cache), c_(c), window_(window) {}
+  RoundedReference(kv::KvCacheManager& cache, const ModelConfig& c, int window,
+                   const KeptMap* kept = nullptr)
+      : cache_(cache), c_(c), window_(window), kept_(kept) {}
   void begin_step(const Batch& batch, const int32_t* pos) override {
     batch_ = &batch;
     pos_.assign(pos, pos + batch.size());
@@ -73,7 +85,13 @@ class RoundedReference final : public AttentionRunner {
     for (int t = 0; t < n; ++t) {
       const kv::LayerView view = cache_.view(batch_->seq[t], il);
       const int p = pos_[t];
-      const int cut = decode_ ? p - window_ : end_[batch_->seq[t]] - window_;
+      int cut = decode_ ? p - window_ : end_[batch_->seq[t]] - window_;
+      const KeptSet* ks = nullptr;
+      if (decode_ && kept_) {
+        const auto it = kept_->find({il, batch_->seq[t]});
+        EXPECT_TRUE(it != kept_->end()) << "no selection observed at layer " << il;
+        if (it != kept_->end()) ks = &it->second, cut = ks->n_off;
+      }
       const int lo = c_.sliding_window > 0 ? std::max(0, p - c_.sliding_window + 1) : 0;
       auto val = [&](const float* x, int j, int i) {
         return j < cut ? bf16_to_f32(f32_to_bf16(x[i])) : x[i];
@@ -82,10 +100,15 @@ class RoundedReference final : public AttentionRunner {
         const int h = qh / group;
         const float* qv = q + (int64_t(t) * c_.n_heads + qh) * hd;
         std::vector<float> s(p - lo + 1);
+        std::vector<char> kept(p + 1, 1);
+        if (ks) {  // offloaded positions: only the selected ones
+          std::fill(kept.begin(), kept.begin() + std::min(cut, p + 1), 0);
+          for (int j = 0; j < ks->k; ++j) kept[ks->idx[size_t(h) * ks->k + j]] = 1;
+        }
         for (int j = lo; j <= p; ++j) {
           float d = 0;
           for (int i = 0; i < hd; ++i) d += qv[i] * val(view.key(h, j), j, i);
-          s[j - lo] = d * scale;
+          s[j - lo] = kept[j] ? d * scale : -INFINITY;
         }
         cpu::softmax(s.data(), int(s.size()));
         float* o = out + (int64_t(t) * c_.n_heads + qh) * hd;
@@ -101,6 +124,7 @@ class RoundedReference final : public AttentionRunner {
   kv::KvCacheManager& cache_;
   ModelConfig c_;
   int window_;
+  const KeptMap* kept_;
   const Batch* batch_ = nullptr;
   std::vector<int32_t> pos_;
   std::map<int, int> end_;
@@ -126,8 +150,8 @@ class ComparingRunner final : public AttentionRunner {
   }
   void attend(int il, const float* q, const float* k, const float* v, float* out) override {
     std::vector<float> ref(size_t(n_) * width_);
+    hybrid_.attend(il, q, k, v, out);  // first: it reports its selection to the reference
     reference_.attend(il, q, k, v, ref.data());
-    hybrid_.attend(il, q, k, v, out);
     for (size_t i = 0; i < ref.size(); ++i) {
       const double err = std::fabs(double(out[i]) - ref[i]);
       max_err = std::max(max_err, err);
@@ -400,6 +424,104 @@ TEST(HybridAttention, PoliciesSelectWhatTheySay) {
   }
 }
 
+// Every selective path against an independent reference: each decode step of each layer equals
+// exact attention over (the offloaded tokens it kept ∪ the window ∪ the new token) with the true
+// query, computed by RoundedReference from the one-tier cache. Both logits modes: exact-selected
+// with the speculative pipeline on (the speculated query only chooses), and speculative logits
+// with the exact query (then the CPU stage's logits are the true ones). Models: GQA with RoPE,
+// a sliding window, MHA with learned positions and biases.
+TEST(HybridAttention, EverySelectivePathEqualsExactAttentionOverItsSelection) {
+  struct P {
+    Policy policy;
+    SelectionControl selection;
+    runtime::Predictor predictor;
+    int k;
+  };
+  const std::vector<P> paths = {
+      {Policy::kHybrid, SelectionControl::kPost, runtime::Predictor::kHeavy, 5},
+      {Policy::kHybrid, SelectionControl::kPre, runtime::Predictor::kHeavy, 5},
+      {Policy::kHybrid, SelectionControl::kPre, runtime::Predictor::kPartial, 5},
+      {Policy::kHybrid, SelectionControl::kPre, runtime::Predictor::kSinksRecent, 5},
+      {Policy::kHybrid, SelectionControl::kAdaptive, runtime::Predictor::kHeavy, 0},
+      {Policy::kKeyformer, SelectionControl::kAdaptive, runtime::Predictor::kHeavy, 5},
+      {Policy::kH2o, SelectionControl::kAdaptive, runtime::Predictor::kHeavy, 6},
+      {Policy::kStreamingLlm, SelectionControl::kAdaptive, runtime::Predictor::kHeavy, 0},
+      {Policy::kInfinigen, SelectionControl::kAdaptive, runtime::Predictor::kHeavy, 5},
+  };
+  for (std::string model : {"tiny-llama", "tiny-mistral", "tiny-opt"})
+    for (const P& p : paths)
+      for (runtime::LogitsOn mode : {runtime::LogitsOn::kDevice, runtime::LogitsOn::kCpu}) {
+        const std::string what = model + " " + runtime::policy_name(p.policy) + " selection " +
+                                 std::to_string(int(p.selection)) + " predictor " +
+                                 std::to_string(int(p.predictor)) + " " +
+                                 runtime::logits_on_name(mode);
+        SCOPED_TRACE(what);
+        const int window = 6, steps = 24;
+        Loaded hyb = load(model, 2);
+        const ModelConfig cfg = hyb.model->config();
+        const Script script = make_script(cfg.vocab_size, {22, 15}, steps);
+        auto alloc = memory::make_plain_allocator();
+        HybridConfig hc = exact_config(window);
+        hc.policy = p.policy;
+        hc.selection = p.selection;
+        hc.predictor = p.predictor;
+        hc.k_fixed = p.k;
+        hc.k_min = 4;
+        hc.logits_on = mode;
+        hc.speculative = mode == runtime::LogitsOn::kDevice;  // speculative logits: exact query
+        hc.speculation_warmup_steps = 0;  // speculate everywhere (no fallback to the true query)
+        KeptMap kept;
+        int64_t selective = 0;
+        hc.decode_observer = [&](int layer, int seq, int n_off, int k, const int32_t* sel) {
+          KeptSet& e = kept[{layer, seq}];
+          e.n_off = n_off;
+          e.k = k;
+          e.idx.assign(sel, sel + size_t(k) * cfg.n_kv_heads);
+          if (k < n_off) ++selective;
+        };
+        HybridAttention hybrid(hc, *hyb.model, kCtx, 2, *alloc);
+        kv::KvCacheManager ref_cache(kv::KvShape{cfg.n_layers, cfg.n_kv_heads, cfg.head_dim}, kCtx,
+                                     2);
+        RoundedReference ref(ref_cache, cfg, window, &kept);
+        ComparingRunner compare(hybrid, ref, cfg.n_heads * cfg.head_dim);
+        hyb.model->set_attention_runner(&compare);
+        for (int b = 0; b < 2; ++b) ref_cache.open_sequence();
+        run_script(*hyb.model, *hyb.cache, script);
+        EXPECT_EQ(compare.bad, 0);
+        EXPECT_EQ(compare.compared, int64_t(steps + 1) * cfg.n_layers);
+        EXPECT_GT(selective, int64_t(steps) * cfg.n_layers) << "the selection must drop tokens";
+        const AttentionStats st = hybrid.stats();
+        EXPECT_EQ(st.cpu_logits, runtime::logits_on_name(mode));
+        const uint64_t staged_k = st.key_bytes_moved;
+        if (mode == runtime::LogitsOn::kDevice)
+          EXPECT_EQ(staged_k, st.value_bytes_moved);  // K rows travel with the V rows
+        else
+          EXPECT_EQ(staged_k, 0u);
+      }
+}
+
+// The recall signal: Post-QKT passes report the kept tokens' softmax mass, in (0, 1], per layer;
+// a full selection (K >= offloaded) has none to report; the guard holds K when it is low.
+TEST(HybridAttention, RecallIsReportedAndGuardsTheScheduler) {
+  Loaded l = load("tiny-llama", 1);
+  const ModelConfig c = l.model->config();
+  const Script script = make_script(c.vocab_size, {30}, 20);
+  auto alloc = memory::make_plain_allocator();
+  HybridConfig cfg = exact_config(4);
+  cfg.selection = SelectionControl::kPost;
+  cfg.k_fixed = 3;
+  HybridAttention h(cfg, *l.model, kCtx, 1, *alloc);
+  l.model->set_attention_runner(&h);
+  run_script(*l.model, *l.cache, script);
+  const AttentionStats st = h.stats();
+  ASSERT_EQ(st.recall_per_layer.size(), size_t(c.n_layers));
+  EXPECT_GT(st.recall, 0);
+  EXPECT_LT(st.recall, 1);  // 3 of 26+ tokens cannot carry all the mass of random keys
+  for (double r : st.recall_per_layer) EXPECT_TRUE(r > 0 && r <= 1) << r;
+  EXPECT_LE(st.recall_min_step, st.recall);
+  EXPECT_TRUE(Contains(format_attention_stats(st, true), "recall per layer"));
+}
+
 // The feedback scheduler drives K: starts at K_min, never below it, and the trace records it.
 TEST(HybridAttention, SchedulerKeepsKAtLeastKMin) {
   Loaded l = load("tiny-llama", 1);
@@ -450,9 +572,9 @@ TEST(HybridAttention, MemoryReportMatchesArithmetic) {
   EXPECT_EQ(st.key_store_used, off * E * 2 * c.n_layers);
   EXPECT_EQ(st.value_store_used, off * E * 2 * c.n_layers);
   EXPECT_EQ(st.key_store_reserved, 2ull * (kCtx - window) * E * 2 * c.n_layers);
-  // Staging: 2 pipeline slots x 2 rows of V for up to (context - window) tokens, plus the
-  // CPU-logits buffers; bounded by that.
-  const uint64_t v_staging = 2ull * 2 * (kCtx - window) * E * 2;
+  // Staging: 2 pipeline slots x 2 rows of V and (exact-selected, the default) of K for up to
+  // (context - window) tokens, plus the CPU-logits buffers; bounded by that.
+  const uint64_t v_staging = 2ull * 2 * (kCtx - window) * E * 2 * 2;
   EXPECT_GE(st.staging_bytes, v_staging);
   EXPECT_LE(st.staging_bytes, v_staging + 2ull * 2 * c.n_heads * (kCtx - window) * 4 * 2);
   const std::string report = format_attention_stats(st, true);

@@ -84,7 +84,8 @@ TEST(FeedbackScheduler, WalksEveryBranchOfAlgorithm1) {
   EXPECT_EQ(s.count(SchedulerBranch::kSwitchToPre), 2);
   ASSERT_EQ(s.trace().size(), 17u);
   EXPECT_EQ(s.trace()[13].to_string(),
-            "step 13 layer 3: T_gpu 10 T_cpu 8 T_tx 5 offloaded 10000 -> switch-to-pre: "
+            "step 13 layer 3: T_gpu 10 T_cpu 8 T_tx 5 offloaded 10000 recall 1.0000 -> "
+            "switch-to-pre: "
             "K 256 -> 256, post-qkt -> pre-qkt");
   // reset(): lines 6-7 again.
   s.reset();
@@ -179,6 +180,41 @@ TEST(FeedbackScheduler, BadConfigurationIsAClearError) {
             std::string::npos);
   EXPECT_EQ(s.decisions(), 0);  // rejected inputs change nothing
   EXPECT_EQ(s.k(), 512);
+}
+
+// The recall guard (issue 13): CPU-bound steps with recall below the threshold hold K (no
+// decrease, no switch to Pre-QKT); at or above it, Algorithm 1 as written; lines 8-9 are never
+// blocked; guard 0 is Algorithm 1 exactly.
+TEST(FeedbackScheduler, RecallGuardHoldsKWhileRecallIsLow) {
+  SchedulerConfig c = config(64, 64);
+  c.recall_guard = 0.9;
+  FeedbackScheduler s(c);
+  const StageLatencies fast{10, 1, 1}, slow{1, 10, 1};
+  s.update(0, -1, fast, 10000, 0.5);  // slack: increase even at low recall
+  EXPECT_EQ(s.k(), 128);
+  SchedulerDecision d = s.update(1, -1, slow, 10000, 0.89);
+  EXPECT_EQ(d.branch, SchedulerBranch::kHoldLowRecall);
+  EXPECT_EQ(s.k(), 128);
+  d = s.update(2, -1, slow, 10000, 0.9);  // at the threshold: decrease
+  EXPECT_EQ(d.branch, SchedulerBranch::kDecrease);
+  EXPECT_EQ(s.k(), 64);
+  d = s.update(3, -1, slow, 10000, 0.2);  // at K_min, low recall: no switch to Pre-QKT
+  EXPECT_EQ(d.branch, SchedulerBranch::kHoldLowRecall);
+  EXPECT_EQ(s.mode(), SelectionMode::kPostQkt);
+  d = s.update(4, -1, slow, 10000, 0.95);
+  EXPECT_EQ(d.branch, SchedulerBranch::kSwitchToPre);
+  EXPECT_EQ(s.count(SchedulerBranch::kHoldLowRecall), 2);
+  EXPECT_NE(d.to_string().find("recall 0.9500"), std::string::npos) << d.to_string();
+
+  c.recall_guard = 0;  // off
+  FeedbackScheduler off(c);
+  off.update(0, -1, fast, 10000, 0.1);
+  EXPECT_EQ(off.update(1, -1, slow, 10000, 0.1).branch, SchedulerBranch::kDecrease);
+
+  c.recall_guard = 1.5;
+  EXPECT_NE(error_of([&] { FeedbackScheduler bad(c); }).find("recall_guard"), std::string::npos);
+  EXPECT_NE(error_of([&] { s.update(5, -1, slow, 10000, -0.1); }).find("recall must be in"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -185,5 +185,28 @@ TEST(TokenSelector, BadArgumentsAreClearErrors) {
   EXPECT_THROW(HeavyHitterAccumulator(0), Error);
 }
 
+// Recall against a direct double-precision computation: softmax over each query head's logits,
+// the kept mass of its KV head's selection, mean over query heads.
+TEST(TokenSelector, SelectionRecallIsTheKeptSoftmaxMass) {
+  const int n_kv = 2, group = 2, n = 7, stride = 9;
+  std::vector<float> logits(size_t(n_kv) * group * stride, 99.f);  // padding must be ignored
+  for (int qh = 0; qh < n_kv * group; ++qh)
+    for (int j = 0; j < n; ++j) logits[size_t(qh) * stride + j] = 0.3f * ((qh * 5 + j * 3) % 7);
+  TokenSelection sel;
+  sel.n_kv_heads = n_kv;
+  sel.k = 3;
+  sel.idx = {0, 2, 6, 1, 3, 4};
+  double want = 0;
+  for (int qh = 0; qh < n_kv * group; ++qh) {
+    double all = 0, kept = 0;
+    for (int j = 0; j < n; ++j) all += std::exp(double(logits[size_t(qh) * stride + j]));
+    for (int j = 0; j < 3; ++j)
+      kept += std::exp(double(logits[size_t(qh) * stride + sel.idx[(qh / group) * 3 + j]]));
+    want += kept / all / (n_kv * group);
+  }
+  EXPECT_NEAR(selection_recall(logits.data(), group, n, stride, sel), want, 1e-6);
+  EXPECT_NEAR(selection_recall(logits.data(), group, n, stride, select_all(n_kv, n)), 1.0, 1e-6);
+}
+
 }  // namespace
 }  // namespace hybridgen::kv

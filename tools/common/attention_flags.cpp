@@ -27,6 +27,18 @@ void add_attention_flags(CLI::App& app, AttentionOptions& a, AttentionFlagExtras
                  "hybrid's Pre-QKT predictor: heavy, sinks-recent, partial")
       ->check(CLI::IsMember({"heavy", "sinks-recent", "partial"}))
       ->capture_default_str();
+  app.add_option("--cpu-logits", a.cpu_logits,
+                 "logits of the kept offloaded tokens: exact-selected (the CPU stage's query only "
+                 "chooses them; their K rows are staged with the V rows and scored with the true "
+                 "query), speculative (the CPU stage's logits as they are: the paper), default "
+                 "(the policy's: exact-selected)")
+      ->check(CLI::IsMember({"default", "speculative", "exact-selected"}))
+      ->capture_default_str();
+  app.add_option("--recall-guard", a.recall_guard,
+                 "the scheduler never lowers K while the selection's recall (kept softmax mass, "
+                 "Post-QKT) is below this; 0: off")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   app.add_flag("--exact-query", x.exact_query,
                "the CPU stage waits for the true query (no speculation, no pipelining)");
   app.add_option("--kv-memory", a.kv_memory,

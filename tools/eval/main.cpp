@@ -122,6 +122,13 @@ void add_stats(Json& row, const hybridgen::Engine& e) {
   row["mean_k"] = s.decode_steps > 0 ? Json(s.mean_k) : Json(nullptr);
   // How close the speculated query came to the true one (0: not measured, e.g. --exact-query).
   row["spec_cosine"] = s.speculation_cosine != 0 ? Json(s.speculation_cosine) : Json(nullptr);
+  // Selection recall (Post-QKT: kept softmax mass of the CPU-stage logits; none: no Post pass).
+  row["recall"] = s.recall > 0 ? Json(s.recall) : Json(nullptr);
+  // What the selective path staged for the device per decode step: V rows, + K rows when the
+  // device scores the kept tokens (exact-selected).
+  row["staged_mb_step"] =
+      s.decode_steps > 0 ? Json((s.value_bytes_moved + s.key_bytes_moved) / 1e6 / s.decode_steps)
+                         : Json(nullptr);
 }
 
 void emit(const Options& o, const std::string& mode, const Json& settings,
@@ -148,6 +155,8 @@ Json base_settings(const Options& o) {
   s["window"] = resolved_window(o);
   s["speculative_query"] = !o.exact_query;
   s["spec_min_cosine"] = o.load.attention.speculation_min_cosine;
+  s["cpu_logits"] = o.load.attention.cpu_logits;
+  s["recall_guard"] = o.load.attention.recall_guard;
   s["predictor"] = o.load.attention.predictor;
   s["threads"] = o.load.n_threads;
   return s;
@@ -241,6 +250,8 @@ int run_teacher_forced(Options& o, const std::string& mode) {
     if (with_gen) r["gen_agree"] = o.gen;
     r["mean_k"] = nullptr;
     r["spec_cosine"] = nullptr;
+    r["recall"] = nullptr;
+    r["staged_mb_step"] = nullptr;
     r["seconds"] = seconds_since(t0);
     rows.push_back(r);
     note(o, "[0/" + std::to_string(configs.size()) + "] full (reference): ppl " +
@@ -290,6 +301,8 @@ int run_teacher_forced(Options& o, const std::string& mode) {
     cols.push_back({"gen_agree", "greedy agree (of " + std::to_string(o.gen) + ")", ""});
   cols.push_back({"mean_k", "mean K", "%.1f"});
   cols.push_back({"spec_cosine", "spec cos", "%.3f"});
+  cols.push_back({"recall", "recall", "%.4f"});
+  cols.push_back({"staged_mb_step", "staged MB/step", "%.2f"});
   cols.push_back({"seconds", "s", "%.1f"});
 
   if (mode == "profile") {
@@ -672,6 +685,16 @@ void add_common(CLI::App* app, Options& o) {
   app->add_option("--spec-min-cosine", o.load.attention.speculation_min_cosine,
                   "layers whose speculated query's measured cosine to the true one is below this "
                   "use the true query (0: speculate at every layer, as the paper)")
+      ->capture_default_str();
+  app->add_option("--cpu-logits", o.load.attention.cpu_logits,
+                  "kept offloaded tokens' logits: exact-selected (device, true query), "
+                  "speculative (the CPU stage's, the paper), default (the policy's)")
+      ->check(CLI::IsMember({"default", "speculative", "exact-selected"}))
+      ->capture_default_str();
+  app->add_option("--recall-guard", o.load.attention.recall_guard,
+                  "the scheduler never lowers K while the selection's recall is below this "
+                  "(0: off)")
+      ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   app->add_option("--cpu-threads", o.load.attention.cpu_threads,
                   "threads of the CPU stage (0: half of -t)")
