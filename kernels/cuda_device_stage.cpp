@@ -316,14 +316,22 @@ void CudaDeviceStage::decode(int il, const DecodeRow* rows, int n) {
     if (r.heavy) {  // H2O's score: attention mass per position, summed over the group
       const int k = r.cpu.k, nw = r.kv->n_window(), n_off = r.kv->n_offloaded(), p = r.pos;
       r.heavy->scores_for_update(0, p + 1);
+      std::vector<int32_t> at(k + nw + 1);  // the attended positions, in the scores' order
       for (int qh = 0; qh < nh; ++qh) {
         const int h = qh / d_.group();
-        const float* pr = probs_host_.data() + (size_t(b) * nh + qh) * max_total;
+        float* pr = probs_host_.data() + (size_t(b) * nh + qh) * max_total;
+        if (r.heavy->keyformer()) {  // Keyformer: the Gumbel-softmax instead of the mass
+          for (int j = 0; j < k; ++j) at[j] = r.cpu.sel[int64_t(h) * k + j];
+          for (int i = 0; i < nw; ++i) at[k + i] = n_off + i;
+          at[k + nw] = p;
+          r.heavy->keyformer_transform(pr, at.data(), k + nw + 1, qh);
+        }
         float* sc = r.heavy->scores_for_update(h, p + 1);
         for (int j = 0; j < k; ++j) sc[r.cpu.sel[int64_t(h) * k + j]] += pr[j];
         for (int i = 0; i < nw; ++i) sc[n_off + i] += pr[k + i];
         sc[p] += pr[k + nw];
       }
+      r.heavy->end_update();
     }
     // The new token enters the window (host_io: from the host row); the oldest leaves it.
     // (Without host_io, k_new/v_new are device rows; TieredLayerKv::append still writes tokens
@@ -471,6 +479,9 @@ ExactResult CudaDeviceStage::exact(int il, const ExactBatch& b, bool stream_offl
       const float* src = heavy_host_.data() + heavy_off[s] + size_t(h) * len;
       for (int j = 0; j < len; ++j) dst[j] += src[j];
     }
+    // (Keyformer: the kernel adds the plain attention mass of the prompt, not its Gumbel-softmax;
+    // decode steps use the Gumbel-softmax. docs/accuracy.md notes the difference.)
+    heavy_of[s]->end_update();
   }
   return res;
 }

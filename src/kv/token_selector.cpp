@@ -145,6 +145,52 @@ HeavyHitterAccumulator::HeavyHitterAccumulator(int n_kv_heads)
            "heavy-hitter accumulator: n_kv_heads must be >= 1, got " + std::to_string(n_kv_heads));
 }
 
+namespace {
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+}  // namespace
+
+float gumbel_noise(uint64_t seed, int64_t update, int qh, int position) {
+  uint64_t h = splitmix64(seed);
+  h = splitmix64(h ^ static_cast<uint64_t>(update));
+  h = splitmix64(h ^ (static_cast<uint64_t>(qh) << 32 | static_cast<uint32_t>(position)));
+  const double u = (static_cast<double>(h >> 11) + 0.5) * 0x1.0p-53;  // (0, 1), never 0 or 1
+  return static_cast<float>(-std::log(-std::log(u)));
+}
+
+void HeavyHitterAccumulator::set_keyformer(float tau_init, float tau_delta, uint64_t seed) {
+  HG_CHECK(tau_init > 0 && tau_delta >= 0,
+           "Keyformer: tau_init must be > 0 and tau_delta >= 0, got " + std::to_string(tau_init) +
+               " and " + std::to_string(tau_delta));
+  keyformer_ = true;
+  tau_init_ = tau_init;
+  tau_delta_ = tau_delta;
+  seed_ = seed;
+}
+
+void HeavyHitterAccumulator::keyformer_transform(float* probs, const int32_t* pos, int n,
+                                                 int qh) const {
+  if (n <= 0) return;
+  const float inv_tau = 1.0f / tau();
+  // The smallest normal float stands in for log(0): a token with no attention mass keeps a
+  // (vanishing) Gumbel-softmax share instead of a NaN.
+  constexpr float kTiny = 1.17549435e-38f;
+  float m = -std::numeric_limits<float>::infinity();
+  for (int j = 0; j < n; ++j) {
+    probs[j] =
+        (std::log(std::max(probs[j], kTiny)) + gumbel_noise(seed_, updates_, qh, pos[j])) * inv_tau;
+    m = std::max(m, probs[j]);
+  }
+  double sum = 0;
+  for (int j = 0; j < n; ++j) sum += (probs[j] = std::exp(probs[j] - m));
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int j = 0; j < n; ++j) probs[j] *= inv;
+}
+
 void HeavyHitterAccumulator::grow(int n_tokens) {
   HG_CHECK(n_tokens >= static_cast<int>(score_[0].size()),
            "heavy-hitter accumulator: the offloaded count went down from " +

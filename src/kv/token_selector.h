@@ -95,7 +95,25 @@ class HeavyHitterAccumulator {
   }
   void clear() {
     for (auto& s : score_) s.clear();
+    updates_ = 0;
   }
+
+  // Keyformer's score function (Adnan et al., "Keyformer: KV Cache Reduction through Key Tokens
+  // Selection for Efficient Generative Inference", MLSys 2024, and its reference code): the
+  // scores accumulate the Gumbel-softmax of the attended tokens' logits, softmax((x + ζ) / τ)
+  // with ζ ~ Gumbel(0, 1) and τ = tau_init + tau_delta * (accumulations since clear(): 0 for the
+  // prompt, then +1 per decode step), instead of the attention mass softmax(x).
+  void set_keyformer(float tau_init, float tau_delta, uint64_t seed);
+  bool keyformer() const { return keyformer_; }
+  float tau() const { return tau_init_ + tau_delta_ * static_cast<float>(updates_); }
+  // One query head's attention probabilities probs[0..n) over positions pos[0..n) (as
+  // softmax(x): log probs = x - const, and a softmax ignores the constant), replaced in place by
+  // the Gumbel-softmax at this accumulation's τ. The noise is a hash of (seed, accumulation,
+  // query head, position): reproducible and independent of threads and order.
+  void keyformer_transform(float* probs, const int32_t* pos, int n, int qh) const;
+  // The device stage calls this after each accumulation (a prefill step or a decode step).
+  void end_update() { ++updates_; }
+  int64_t updates() const { return updates_; }
 
   int n_kv_heads() const { return n_kv_heads_; }
   // score(h): [n_tokens seen so far] accumulated probability mass.
@@ -105,7 +123,14 @@ class HeavyHitterAccumulator {
   void grow(int n_tokens);
   int n_kv_heads_;
   std::vector<std::vector<float>> score_;  // [n_kv_heads][n_tokens]
+  bool keyformer_ = false;
+  float tau_init_ = 1, tau_delta_ = 0;
+  uint64_t seed_ = 0;
+  int64_t updates_ = 0;
 };
+
+// Gumbel(0, 1) noise from a counter-based hash (splitmix64) of its arguments.
+float gumbel_noise(uint64_t seed, int64_t update, int qh, int position);
 
 // Pre-QKT, InfiniGen-style partial-dimension predictor. Per KV head: rank the head_dim
 // dimensions by Σ_{query heads of the group} |q_i| and keep the top r (ties: lower dimension);

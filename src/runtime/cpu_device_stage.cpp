@@ -91,6 +91,7 @@ void CpuDeviceStage::decode_row(const DecodeRow& r) {
     std::vector<float> window_logits(cap);  // [window slots] in slot order, as the device has them
     std::vector<float> probs(total);        // [total] in original position order
     std::vector<float> kept_logits(r.cpu.keys ? k : 0);  // [k] exact-selected: this stage's
+    std::vector<int32_t> at;                             // Keyformer: attended positions
 #pragma omp for schedule(static)
     for (int qh = 0; qh < d_.n_heads; ++qh) {
       const int h = qh / group;
@@ -125,6 +126,14 @@ void CpuDeviceStage::decode_row(const DecodeRow& r) {
         // heads of a group may run on different threads, so the adds are atomic.
         float* sc = heavy->scores_for_update(h, p + 1);
         const int32_t* sel = k > 0 ? r.cpu.sel + int64_t(h) * k : nullptr;
+        if (heavy->keyformer()) {  // Keyformer: the Gumbel-softmax of the same logits instead
+          at.resize(total);        // the attended positions, in probs' order
+          for (int j = 0; j < k; ++j) at[j] = sel[j];
+          for (int i = 0; i < nw; ++i) at[k + i] = n_off + i;
+          at[total - 1] = p;
+          // (masked window positions, probability 0, keep a vanishing share)
+          heavy->keyformer_transform(probs.data(), at.data(), total, qh);
+        }
         for (int j = 0; j < k; ++j) {
 #pragma omp atomic
           sc[sel[j]] += probs[j];
@@ -138,6 +147,7 @@ void CpuDeviceStage::decode_row(const DecodeRow& r) {
       }
     }
   }
+  if (heavy) heavy->end_update();
   // The new token enters the window; the least recently generated one leaves it.
   kv.append(1, r.k_new, r.v_new);
 }
@@ -225,6 +235,7 @@ ExactResult CpuDeviceStage::exact(int il, const ExactBatch& b, bool stream_offlo
 #pragma omp parallel
   {
     std::vector<float> scores;
+    std::vector<int32_t> at;  // Keyformer: attended positions
     std::vector<float> part(any_heavy ? size_t(heavy_off.back()) : 0, 0.f);
 #pragma omp for collapse(2) schedule(dynamic, 1)
     for (int t = 0; t < n; ++t)
@@ -242,6 +253,11 @@ ExactResult CpuDeviceStage::exact(int il, const ExactBatch& b, bool stream_offlo
         std::fill(o, o + hd, 0.f);
         for (int j = lo; j <= p; ++j) axpy_f32(scores[j - lo], vh + int64_t(j) * hd, o, hd);
         if (heavy_of[s]) {
+          if (heavy_of[s]->keyformer()) {  // Keyformer: the prompt's Gumbel-softmax (τ_init)
+            at.resize(p - lo + 1);
+            for (int j = lo; j <= p; ++j) at[j - lo] = j;
+            heavy_of[s]->keyformer_transform(scores.data(), at.data(), p - lo + 1, qh);
+          }
           float* sc = part.data() + heavy_off[s] + int64_t(h) * L;
           for (int j = lo; j <= p; ++j) sc[j] += scores[j - lo];
         }
@@ -258,6 +274,8 @@ ExactResult CpuDeviceStage::exact(int il, const ExactBatch& b, bool stream_offlo
       }
     }
   }
+  for (size_t s = 0; s < distinct.size(); ++s)
+    if (heavy_of[s]) heavy_of[s]->end_update();
   return res;
 }
 

@@ -101,9 +101,17 @@ HybridRuntime::HybridRuntime(const HybridConfig& config, const ModelDims& dims,
   cfg_.window = cache_->config().window;
   pp_ = plan_policy(cfg_, n_ctx);
 
-  if (pp_.uses_heavy)
-    for (int i = 0; i < max_sequences * n_layers_; ++i)
+  if (pp_.uses_heavy) {
+    const PolicyRow& row = *pp_.row;
+    const bool keyformer =
+        (row.own_predictor ? row.predictor : cfg_.predictor) == Predictor::kKeyformer;
+    for (int i = 0; i < max_sequences * n_layers_; ++i) {
       heavy_.push_back(std::make_unique<kv::HeavyHitterAccumulator>(n_kv_heads_));
+      if (keyformer)  // seeded per (sequence, layer): reproducible runs
+        heavy_.back()->set_keyformer(cfg_.keyformer_tau_init, cfg_.keyformer_tau_delta,
+                                     0x6b6579666f726d72ull + uint64_t(i));
+    }
+  }
   if (pp_.uses_scheduler) {
     SchedulerConfig sc;
     sc.k_min = cfg_.k_min;
@@ -314,7 +322,8 @@ HybridRuntime::Done HybridRuntime::cpu_stage(int il, const float* q, int slot_in
         }
       }
     } else {  // Pre-QKT: predict, then logits of the K predicted tokens only
-      if (rp.predictor == Predictor::kHeavy && r.lo == 0) {
+      if ((rp.predictor == Predictor::kHeavy || rp.predictor == Predictor::kKeyformer) &&
+          r.lo == 0) {  // accumulated scores (H2O's mass or Keyformer's Gumbel-softmax)
         r.sel = heavy_[size_t(seqs_[b]) * n_layers_ + il]->select(avail, k, rp.n_recent);
       } else if (rp.predictor == Predictor::kPartial) {
         r.sel = kv::select_partial_dims(qb, head_dim_, n_kv_heads_, group_, head_dim_, keys, avail,

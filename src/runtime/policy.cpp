@@ -22,7 +22,7 @@ const std::vector<PolicyRow>& policy_table() {
     {Policy::kAoc,          "aoc",          true,  DecodePath::kHostExact, false, false, KSource::kAll,   Scoring::kAll,     false, Predictor::kHeavy,       0, LogitsOn::kCpu,    "the CPU's attention output"},
     {Policy::kH2o,          "h2o",          false, DecodePath::kSplit,     true,  false, KSource::kFixed, Scoring::kPreK,    true,  Predictor::kHeavy,       2, LogitsOn::kDevice, "kept logits + staged V with the window"},
     {Policy::kStreamingLlm, "streamingllm", false, DecodePath::kSplit,     true,  false, KSource::kSinks, Scoring::kPreK,    true,  Predictor::kSinksRecent, 0, LogitsOn::kDevice, "kept logits + staged V with the window"},
-    {Policy::kKeyformer,    "keyformer",    false, DecodePath::kSplit,     true,  false, KSource::kFixed, Scoring::kPostTopK,false, Predictor::kHeavy,       0, LogitsOn::kDevice, "kept logits + staged V with the window"},
+    {Policy::kKeyformer,    "keyformer",    false, DecodePath::kSplit,     true,  false, KSource::kFixed, Scoring::kPreK,    true,  Predictor::kKeyformer,   0, LogitsOn::kDevice, "kept logits + staged V with the window"},
     {Policy::kInfinigen,    "infinigen",    false, DecodePath::kSplit,     true,  false, KSource::kFixed, Scoring::kPreK,    true,  Predictor::kPartial,     0, LogitsOn::kDevice, "kept logits + staged V with the window"},
   };
   // clang-format on
@@ -167,7 +167,7 @@ PolicyPlan plan_policy(const HybridConfig& c, int n_ctx) {
   // Heavy-hitter scores are accumulated when the heavy predictor can be asked: a fixed Pre-QKT
   // row with it (h2o), or a plan row with selection on (hybrid accumulates under --selection
   // post too: cheap, and the scores are there when the scheduler switches to Pre-QKT).
-  p.uses_heavy = pred == Predictor::kHeavy &&
+  p.uses_heavy = (pred == Predictor::kHeavy || pred == Predictor::kKeyformer) &&
                  (r.k_source == KSource::kPlan ? !selection_off : r.scoring == Scoring::kPreK);
   switch (r.k_source) {
     case KSource::kSinks:

@@ -5,7 +5,7 @@
 //
 //   policy        window    decode      CPU stage scores           keeps        logits  merge
 //   hybrid        --window  split       plan: all / Post / Pre     top-K / all  device  sel+win
-//   keyformer     --window  split       every offloaded (Post)     top-K        device  sel+win
+//   keyformer     --window  split       K predicted (Keyformer)    those K      device  sel+win
 //   h2o           --window  split       K predicted (heavy+recent) those K      device  sel+win
 //   streamingllm  --window  split       the sinks (Pre)            the sinks    device  sel+win
 //   infinigen     --window  split       K predicted (partial dims) those K      device  sel+win
@@ -45,7 +45,9 @@ enum class Policy : uint8_t {
 Policy parse_policy(const std::string& name);
 const char* policy_name(Policy p);
 
-enum class Predictor : uint8_t { kHeavy, kSinksRecent, kPartial };
+// Pre-QKT predictors. kKeyformer: the heavy-hitter top-K over Keyformer's accumulated
+// Gumbel-softmax scores (kv::HeavyHitterAccumulator::set_keyformer) instead of attention mass.
+enum class Predictor : uint8_t { kHeavy, kSinksRecent, kPartial, kKeyformer };
 enum class SelectionControl : uint8_t { kAdaptive, kPost, kPre, kOff };
 
 // How a decode step's attention runs for a policy.
@@ -129,6 +131,11 @@ struct HybridConfig {
   // switch to the true query (their CPU stage runs synchronously). 0 steps: never switch.
   int speculation_warmup_steps = 4;
   double speculation_min_cosine = 0.9;
+  // Keyformer's temperature schedule, τ = tau_init + tau_delta * decode steps since the prompt:
+  // the defaults of the paper's reference code (d-matrix-ai/keyformer-llm: tau_init 1.0,
+  // tau_delta 0.01).
+  float keyformer_tau_init = 1.0f;
+  float keyformer_tau_delta = 0.01f;
   uint64_t device_memory_bytes = 0;  // window budget over all sequences and layers; 0: none
   // Fault injection and tests: called by the CPU stage before each layer's work (may sleep or
   // throw). Unset in normal runs.

@@ -57,11 +57,20 @@ struct KeptSet {
 };
 using KeptMap = std::map<std::pair<int, int>, KeptSet>;  // (layer, sequence) -> this step's
 
+// Accumulated-score predictors, re-derived here from the reference's own attention: H2O sums the
+// attention probabilities of each attended position (over the group's query heads, prompt and
+// decode steps); Keyformer sums softmax((x + ζ) / τ) of the attended logits x, τ = 1 + 0.01 *
+// (steps since the prompt), ζ the runtime's Gumbel stream (kv::gumbel_noise: the noise is an
+// input, like a seed). Before each decode step the runtime's selection must be a top-K of these
+// scores (H2O: with its K/2 most recent offloaded tokens reserved).
+enum class Accumulated { kNone, kH2o, kHeavy, kKeyformer };  // kHeavy: H2O mass, no recent
+
 class RoundedReference final : public AttentionRunner {
  public:
   RoundedReference(kv::KvCacheManager& cache, const ModelConfig& c, int window,
-                   const KeptMap* kept = nullptr)
-      : cache_(cache), c_(c), window_(window), kept_(kept) {}
+                   const KeptMap* kept = nullptr, Accumulated acc = Accumulated::kNone)
+      : cache_(cache), c_(c), window_(window), kept_(kept), acc_(acc) {}
+  int64_t selections_checked = 0;
   void begin_step(const Batch& batch, const int32_t* pos) override {
     batch_ = &batch;
     pos_.assign(pos, pos + batch.size());
@@ -78,6 +87,7 @@ class RoundedReference final : public AttentionRunner {
   void attend(int il, const float* q, const float* k, const float* v, float* out) override {
     const int n = batch_->size(), hd = c_.head_dim, nkv = c_.n_kv_heads;
     const int group = c_.n_heads / nkv;
+    for (int t = 0; t < n; ++t) updates_.try_emplace({il, batch_->seq[t]}, 0);
     for (int t = 0; t < n; ++t)
       cache_.write(batch_->seq[t], il, pos_[t], k + int64_t(t) * nkv * hd,
                    v + int64_t(t) * nkv * hd);
@@ -96,6 +106,11 @@ class RoundedReference final : public AttentionRunner {
       auto val = [&](const float* x, int j, int i) {
         return j < cut ? bf16_to_f32(f32_to_bf16(x[i])) : x[i];
       };
+      const int seq = batch_->seq[t];
+      std::vector<std::vector<double>>& score = scores_[{il, seq}];
+      if (score.empty()) score.assign(nkv, std::vector<double>(size_t(cache_.capacity()), 0.0));
+      if (ks && acc_ != Accumulated::kNone && lo == 0 && ks->k < ks->n_off) check_top_k(*ks, score);
+      const int64_t update = updates_[{il, seq}];
       for (int qh = 0; qh < c_.n_heads; ++qh) {
         const int h = qh / group;
         const float* qv = q + (int64_t(t) * c_.n_heads + qh) * hd;
@@ -110,7 +125,24 @@ class RoundedReference final : public AttentionRunner {
           for (int i = 0; i < hd; ++i) d += qv[i] * val(view.key(h, j), j, i);
           s[j - lo] = kept[j] ? d * scale : -INFINITY;
         }
+        const std::vector<float> logits = s;
         cpu::softmax(s.data(), int(s.size()));
+        if (acc_ == Accumulated::kH2o || acc_ == Accumulated::kHeavy)
+          for (int j = lo; j <= p; ++j) score[h][j] += s[j - lo];
+        if (acc_ == Accumulated::kKeyformer) {
+          const double tau = 1.0 + 0.01 * double(update);
+          const uint64_t seed = 0x6b6579666f726d72ull + uint64_t(seq) * c_.n_layers + il;
+          std::vector<double> g(p - lo + 1, 0.0);
+          double m = -INFINITY, z = 0;
+          for (int j = lo; j <= p; ++j)
+            if (kept[j])
+              m = std::max(
+                  m, g[j - lo] = (logits[j - lo] + kv::gumbel_noise(seed, update, qh, j)) / tau);
+          for (int j = lo; j <= p; ++j)
+            if (kept[j]) z += g[j - lo] = std::exp(g[j - lo] - m);
+          for (int j = lo; j <= p; ++j)
+            if (kept[j]) score[h][j] += g[j - lo] / z;
+        }
         float* o = out + (int64_t(t) * c_.n_heads + qh) * hd;
         std::fill(o, o + hd, 0.f);
         for (int j = lo; j <= p; ++j)
@@ -118,13 +150,44 @@ class RoundedReference final : public AttentionRunner {
       }
     }
   }
-  void end_step() override {}
+  void end_step() override {
+    for (auto& [key, n] : updates_) (void)key, ++n;
+  }
 
  private:
+  // The runtime's selection per KV head is a top-K of the reference's scores over the offloaded
+  // positions [0, n_off): every kept (non-reserved) token scores at least as much as every
+  // dropped one (up to float summation order).
+  void check_top_k(const KeptSet& ks, const std::vector<std::vector<double>>& score) {
+    const int n_recent = acc_ == Accumulated::kH2o ? ks.k / 2 : 0;
+    const int first_recent = ks.n_off - n_recent;
+    for (int h = 0; h < c_.n_kv_heads; ++h) {
+      std::vector<char> in(ks.n_off, 0);
+      for (int j = 0; j < ks.k; ++j) in[ks.idx[size_t(h) * ks.k + j]] = 1;
+      double lo_kept = INFINITY, hi_dropped = -INFINITY;
+      for (int j = 0; j < ks.n_off; ++j) {
+        if (j >= first_recent) {
+          EXPECT_TRUE(in[j]) << "recent offloaded token " << j << " not kept";
+          continue;
+        }
+        if (in[j])
+          lo_kept = std::min(lo_kept, score[h][j]);
+        else
+          hi_dropped = std::max(hi_dropped, score[h][j]);
+      }
+      EXPECT_GE(lo_kept, hi_dropped - 1e-4 * (1 + std::fabs(hi_dropped)))
+          << "KV head " << h << ": the selection is not a top-K of the accumulated scores";
+      ++selections_checked;
+    }
+  }
+
   kv::KvCacheManager& cache_;
   ModelConfig c_;
   int window_;
   const KeptMap* kept_;
+  Accumulated acc_;
+  std::map<std::pair<int, int>, std::vector<std::vector<double>>> scores_;  // [n_kv][ctx]
+  std::map<std::pair<int, int>, int64_t> updates_;  // accumulations per (layer, sequence)
   const Batch* batch_ = nullptr;
   std::vector<int32_t> pos_;
   std::map<int, int> end_;
@@ -401,7 +464,7 @@ TEST(HybridAttention, PoliciesSelectWhatTheySay) {
     bool post;  // Post-QKT passes expected (else Pre-QKT)
     int k;
   };
-  for (const P& p : {P{Policy::kKeyformer, true, 6}, P{Policy::kH2o, false, 6},
+  for (const P& p : {P{Policy::kKeyformer, false, 6}, P{Policy::kH2o, false, 6},
                      P{Policy::kInfinigen, false, 6}, P{Policy::kStreamingLlm, false, 4}}) {
     Loaded l = load("tiny-qwen2", 1);
     const Script script = make_script(l.model->config().vocab_size, {30}, 20);
@@ -482,7 +545,14 @@ TEST(HybridAttention, EverySelectivePathEqualsExactAttentionOverItsSelection) {
         HybridAttention hybrid(hc, *hyb.model, kCtx, 2, *alloc);
         kv::KvCacheManager ref_cache(kv::KvShape{cfg.n_layers, cfg.n_kv_heads, cfg.head_dim}, kCtx,
                                      2);
-        RoundedReference ref(ref_cache, cfg, window, &kept);
+        const Accumulated acc = p.policy == Policy::kH2o         ? Accumulated::kH2o
+                                : p.policy == Policy::kKeyformer ? Accumulated::kKeyformer
+                                : p.policy == Policy::kHybrid &&
+                                        p.selection == SelectionControl::kPre &&
+                                        p.predictor == runtime::Predictor::kHeavy
+                                    ? Accumulated::kHeavy
+                                    : Accumulated::kNone;
+        RoundedReference ref(ref_cache, cfg, window, &kept, acc);
         ComparingRunner compare(hybrid, ref, cfg.n_heads * cfg.head_dim);
         hyb.model->set_attention_runner(&compare);
         for (int b = 0; b < 2; ++b) ref_cache.open_sequence();
@@ -490,6 +560,8 @@ TEST(HybridAttention, EverySelectivePathEqualsExactAttentionOverItsSelection) {
         EXPECT_EQ(compare.bad, 0);
         EXPECT_EQ(compare.compared, int64_t(steps + 1) * cfg.n_layers);
         EXPECT_GT(selective, int64_t(steps) * cfg.n_layers) << "the selection must drop tokens";
+        if (acc != Accumulated::kNone && model != "tiny-mistral")  // (sliding window: positional)
+          EXPECT_GT(ref.selections_checked, int64_t(steps) * cfg.n_layers);
         const AttentionStats st = hybrid.stats();
         EXPECT_EQ(st.cpu_logits, runtime::logits_on_name(mode));
         const uint64_t staged_k = st.key_bytes_moved;

@@ -71,9 +71,11 @@ TEST(PolicyTable, RowsSayWhatTheCpuStageScoresAndKeeps) {
 
   // Fixed-K baselines: K from --k (default K_min), their own mode and predictor.
   const HybridConfig kf = config_for("keyformer", 64, 40);
-  EXPECT_EQ(plan_row(kf, pre, 500).scoring, Scoring::kPostTopK);  // the plan's mode is ignored
+  EXPECT_EQ(plan_row(kf, post, 500).scoring, Scoring::kPreK);  // the plan's mode is ignored
+  EXPECT_EQ(plan_row(kf, post, 500).predictor, Predictor::kKeyformer);
   EXPECT_EQ(plan_row(kf, pre, 500).k, 40);
   EXPECT_FALSE(plan_policy(kf, 1024).uses_scheduler);
+  EXPECT_TRUE(plan_policy(kf, 1024).uses_heavy);  // Keyformer's accumulated scores
   EXPECT_EQ(plan_policy(kf, 1024).max_k, 40);
   const HybridConfig h2o = config_for("h2o");
   const RowPlan r2 = plan_row(h2o, post, 500);
@@ -104,7 +106,7 @@ TEST(PolicyTable, ReportedChoiceIsTheRowsFixedChoice) {
   const HybridConfig kf = config_for("keyformer", 64, 40);
   reported_choice(kf, effective_plan(kf, nullptr), &k, &mode);
   EXPECT_EQ(k, 40);
-  EXPECT_EQ(mode, "post-qkt");
+  EXPECT_EQ(mode, "pre-qkt");
 }
 
 // --policy auto: full while the whole context's KV fits beside the weights, else hybrid with the

@@ -208,5 +208,44 @@ TEST(TokenSelector, SelectionRecallIsTheKeptSoftmaxMass) {
   EXPECT_NEAR(selection_recall(logits.data(), group, n, stride, select_all(n_kv, n)), 1.0, 1e-6);
 }
 
+// Keyformer's score function against its definition computed here from the LOGITS in double:
+// softmax((x + ζ) / τ) with τ = τ_init + τ_delta * accumulations; the accumulator is handed the
+// attention probabilities softmax(x) (what the device stages have). And the noise is Gumbel(0, 1):
+// mean = Euler-Mascheroni γ, variance π²/6.
+TEST(TokenSelector, KeyformerScoreIsTheGumbelSoftmaxOfTheLogits) {
+  HeavyHitterAccumulator acc(1);
+  acc.set_keyformer(1.0f, 0.25f, 42);
+  const std::vector<float> x = {0.5f, -1.0f, 2.0f, 0.0f, 1.5f};
+  const std::vector<int32_t> pos = {0, 3, 4, 7, 9};
+  for (int update = 0; update < 3; ++update) {
+    std::vector<float> p(x.size());
+    double z = 0;
+    for (float v : x) z += std::exp(double(v));
+    for (size_t j = 0; j < x.size(); ++j) p[j] = float(std::exp(double(x[j])) / z);
+    acc.keyformer_transform(p.data(), pos.data(), int(p.size()), 2);
+    const double tau = 1.0 + 0.25 * update;
+    EXPECT_FLOAT_EQ(acc.tau(), float(tau));
+    std::vector<double> want(x.size());
+    double zs = 0;
+    for (size_t j = 0; j < x.size(); ++j)
+      zs += want[j] = std::exp((x[j] + gumbel_noise(42, update, 2, pos[j])) / tau);
+    for (size_t j = 0; j < x.size(); ++j) EXPECT_NEAR(p[j], want[j] / zs, 2e-6) << j;
+    acc.end_update();
+  }
+  EXPECT_EQ(acc.updates(), 3);
+  acc.clear();  // a new sequence: the schedule starts again
+  EXPECT_FLOAT_EQ(acc.tau(), 1.0f);
+  double mean = 0, sq = 0;
+  const int n = 200000;
+  for (int i = 0; i < n; ++i) {
+    const double g = gumbel_noise(7, i / 1000, i % 7, i);
+    mean += g / n;
+    sq += g * g / n;
+  }
+  EXPECT_NEAR(mean, 0.5772156649, 0.01);
+  EXPECT_NEAR(sq - mean * mean, 3.14159265 * 3.14159265 / 6, 0.03);
+  EXPECT_THROW(acc.set_keyformer(0.f, 0.01f, 1), Error);
+}
+
 }  // namespace
 }  // namespace hybridgen::kv
