@@ -13,13 +13,17 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 
 #include "cpu/ops.h"
 #include "kv/kv_cache.h"
 #include "memory/allocator.h"
 #include "model/dequant.h"
 #include "model/model_loader.h"
+#include "model/safetensors.h"
+#include "runtime/cpu_device_stage.h"
 #include "runtime/transformer.h"
 #include "test_support.h"
 
@@ -570,6 +574,88 @@ TEST(HybridAttention, EverySelectivePathEqualsExactAttentionOverItsSelection) {
         else
           EXPECT_EQ(staged_k, 0u);
       }
+}
+
+// aog and aoc against full attention over bf16-rounded K/V: every token is offloaded (window 0),
+// the new one too, by its append before the attention, so every attended position is rounded
+// (RoundedReference with window -1: cut = pos + 1).
+TEST(HybridAttention, AllOffloadedBaselinesEqualFullOverBf16KV) {
+  for (Policy policy : {Policy::kAog, Policy::kAoc})
+    for (std::string model : {"tiny-llama", "tiny-mistral", "tiny-opt"}) {
+      SCOPED_TRACE(model + " " + runtime::policy_name(policy));
+      const int steps = 20;
+      Loaded hyb = load(model, 2);
+      const ModelConfig cfg = hyb.model->config();
+      const Script script = make_script(cfg.vocab_size, {20, 13}, steps);
+      auto alloc = memory::make_plain_allocator();
+      HybridConfig hc = exact_config(0);
+      hc.policy = policy;
+      HybridAttention hybrid(hc, *hyb.model, kCtx, 2, *alloc);
+      kv::KvCacheManager ref_cache(kv::KvShape{cfg.n_layers, cfg.n_kv_heads, cfg.head_dim}, kCtx,
+                                   2);
+      RoundedReference ref(ref_cache, cfg, -1);
+      ComparingRunner compare(hybrid, ref, cfg.n_heads * cfg.head_dim);
+      hyb.model->set_attention_runner(&compare);
+      for (int b = 0; b < 2; ++b) ref_cache.open_sequence();
+      run_script(*hyb.model, *hyb.cache, script);
+      EXPECT_EQ(compare.bad, 0);
+      EXPECT_EQ(compare.compared, int64_t(steps + 1) * cfg.n_layers);
+      EXPECT_EQ(hybrid.stats().decode_steps, steps);
+    }
+}
+
+// The speculative query against an independent computation from the checkpoint's own tensors
+// (tiny-qwen2: float32, Q bias, default RoPE, HF layout): RMSNorm with layer il's
+// input_layernorm, x · q_proj^T + q_proj.bias, then HF's rotate-half RoPE at the position.
+TEST(HybridAttention, SpeculativeQueryIsNormTimesWqPlusBiasWithRope) {
+  const std::string dir = model_dir("tiny-qwen2");
+  Loaded l = load("tiny-qwen2", 1);
+  const ModelConfig c = l.model->config();
+  auto st = SafetensorsModel::open_dir(dir);
+  std::ifstream cf(dir + "/config.json");
+  const nlohmann::json cj = nlohmann::json::parse(cf);
+  const double theta = cj["rope_parameters"]["rope_theta"].get<double>();
+  const double eps = cj["rms_norm_eps"].get<double>();
+  const int d = cj["hidden_size"].get<int>(), nh = cj["num_attention_heads"].get<int>();
+  const int hd = d / nh;
+  auto tensor = [&](const std::string& name) {
+    const TensorInfo* t = st->find(name);
+    EXPECT_TRUE(t != nullptr && t->dtype == DType::kF32) << name;
+    return reinterpret_cast<const float*>(t->data);
+  };
+  runtime::CpuQueryProvider provider(*l.model);
+  uint32_t rng = 7;
+  std::vector<float> x(d);
+  for (float& v : x)
+    v = float(int((rng = rng * 1664525u + 1013904223u) >> 9) % 2001 - 1000) / 500.f;
+  for (int il = 0; il < c.n_layers; ++il)
+    for (int32_t pos : {0, 1, 17, 200}) {
+      const std::string pre = "model.layers." + std::to_string(il) + ".";
+      const float* w_norm = tensor(pre + "input_layernorm.weight");
+      const float* wq = tensor(pre + "self_attn.q_proj.weight");  // [nh * hd, d]
+      const float* bq = tensor(pre + "self_attn.q_proj.bias");
+      double ms = 0;
+      for (float v : x) ms += double(v) * v / d;
+      std::vector<double> h(d), q(size_t(nh) * hd), want(q.size());
+      for (int i = 0; i < d; ++i) h[i] = x[i] / std::sqrt(ms + eps) * w_norm[i];
+      for (int r = 0; r < nh * hd; ++r) {
+        double a = bq[r];
+        for (int i = 0; i < d; ++i) a += double(wq[size_t(r) * d + i]) * h[i];
+        q[r] = a;
+      }
+      for (int head = 0; head < nh; ++head)
+        for (int i = 0; i < hd / 2; ++i) {
+          const double ang = pos * std::pow(theta, -2.0 * i / hd);
+          const double a = q[head * hd + i], b = q[head * hd + i + hd / 2];
+          want[head * hd + i] = a * std::cos(ang) - b * std::sin(ang);
+          want[head * hd + i + hd / 2] = b * std::cos(ang) + a * std::sin(ang);
+        }
+      std::vector<float> got(want.size());
+      provider.query(il, x.data(), 1, &pos, got.data());
+      for (size_t i = 0; i < want.size(); ++i)
+        ASSERT_NEAR(got[i], want[i], 1e-4 * (1 + std::fabs(want[i])))
+            << "layer " << il << " position " << pos << " element " << i;
+    }
 }
 
 // The recall signal: Post-QKT passes report the kept tokens' softmax mass, in (0, 1], per layer;
