@@ -114,8 +114,10 @@ Summary summarize(const ConfigResult& r, const RunContext& ctx) {
     pre += a.passes_pre_qkt;
     all += a.passes_all;
     key_tok += a.key_bytes_read / (n * c.batch);
-    v_tok += a.value_bytes_moved / (n * c.batch);
-    bytes_step_sum += (a.key_bytes_read + a.value_bytes_moved) / n;
+    // moved: the staged V rows, and the K rows beside them when the device scores the kept
+    // tokens (--cpu-logits exact-selected)
+    v_tok += (a.value_bytes_moved + a.key_bytes_moved) / (n * c.batch);
+    bytes_step_sum += (a.key_bytes_read + a.value_bytes_moved + a.key_bytes_moved) / n;
   }
   s.prefill_tps = mean_sd(pp);
   s.decode_tps = mean_sd(tg);
@@ -311,6 +313,8 @@ std::string to_json(const RunContext& ctx, const std::string& command,
                           {"t_wait", a.t_wait},
                           {"key_bytes_read", a.key_bytes_read},
                           {"value_bytes_moved", a.value_bytes_moved},
+                          {"key_bytes_moved", a.key_bytes_moved},
+                          {"recall", a.recall},
                           {"window_reserved", a.window_reserved},
                           {"key_store_reserved", a.key_store_reserved},
                           {"value_store_reserved", a.value_store_reserved},
