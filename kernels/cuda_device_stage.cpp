@@ -52,9 +52,17 @@ struct DeviceBuffer {
 
 struct Streams {
   cudaStream_t compute = nullptr, copy = nullptr;
-  cudaEvent_t copied = nullptr, step_begin = nullptr, step_end = nullptr;
+  bool own_compute = true;  // false: the CUDA backend's stream
+  cudaEvent_t copied = nullptr, merged = nullptr, step_begin = nullptr, step_end = nullptr;
   bool host_io = true;
-  DeviceBuffer staging_k, staging_v;  // host_io window writes: float32 K/V rows
+  // Set by the stage around TieredLayerKv::append: the K/V rows it passes are in host memory
+  // (host_io, or host copies made for tokens that skip the window), else in device memory.
+  bool src_on_host = true;
+  // Set around decode appends: the eviction's device-to-host copy stays queued on the compute
+  // stream (the host stores are next read by the CPU stage after the step's end, which
+  // synchronises on step_end); else the copy is waited for.
+  bool async_export = false;
+  DeviceBuffer staging_k, staging_v;  // window writes from host memory: float32 K/V rows
 };
 
 // The window of one (sequence, layer): bf16 K and V rings in device memory.
@@ -81,7 +89,7 @@ class CudaWindowStore final : public kv::WindowStore {
     HG_CHECK(slot >= 0 && n >= 0 && slot + n <= capacity_, "CUDA window: write out of range");
     if (n == 0) return;
     const size_t row = size_t(n) * n_kv_heads_ * head_dim_ * sizeof(float);
-    if (st_.host_io) {
+    if (st_.host_io || st_.src_on_host) {
       float* dk = static_cast<float*>(st_.staging_k.need(row, "window write staging"));
       float* dv = static_cast<float*>(st_.staging_v.need(row, "window write staging"));
       CUDA_CHECK(cudaMemcpyAsync(dk, k, row, cudaMemcpyHostToDevice, st_.compute));
@@ -105,8 +113,8 @@ class CudaWindowStore final : public kv::WindowStore {
                                  cudaMemcpyDeviceToHost, st_.compute));
     CUDA_CHECK(cudaMemcpy2DAsync(v_dst, dst_pitch, v_ + off, src_pitch, width, n_kv_heads_,
                                  cudaMemcpyDeviceToHost, st_.compute));
-    // The host stores are read by the CPU stage as soon as append() returns.
-    CUDA_CHECK(cudaStreamSynchronize(st_.compute));
+    // Outside decode the host stores are read by the CPU as soon as append() returns.
+    if (!st_.async_export) CUDA_CHECK(cudaStreamSynchronize(st_.compute));
   }
   uint64_t capacity_bytes() const override { return bytes_; }
   const float* host_keys(int) const override { return nullptr; }
@@ -137,9 +145,16 @@ class CudaDeviceStage final : public DeviceStage {
                                              std::to_string(d_.head_dim) + " above " +
                                              std::to_string(kMaxHeadDim));
     st_.host_io = o.host_io;
-    CUDA_CHECK(cudaStreamCreateWithFlags(&st_.compute, cudaStreamNonBlocking));
+    st_.src_on_host = o.host_io;
+    if (o.stream) {
+      st_.compute = static_cast<cudaStream_t>(o.stream);
+      st_.own_compute = false;
+    } else {
+      CUDA_CHECK(cudaStreamCreateWithFlags(&st_.compute, cudaStreamNonBlocking));
+    }
     CUDA_CHECK(cudaStreamCreateWithFlags(&st_.copy, cudaStreamNonBlocking));
     CUDA_CHECK(cudaEventCreateWithFlags(&st_.copied, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreateWithFlags(&st_.merged, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventCreate(&st_.step_begin));
     CUDA_CHECK(cudaEventCreate(&st_.step_end));
   }
@@ -147,9 +162,10 @@ class CudaDeviceStage final : public DeviceStage {
     (void)cudaStreamSynchronize(st_.compute);
     (void)cudaStreamSynchronize(st_.copy);
     (void)cudaEventDestroy(st_.copied);
+    (void)cudaEventDestroy(st_.merged);
     (void)cudaEventDestroy(st_.step_begin);
     (void)cudaEventDestroy(st_.step_end);
-    (void)cudaStreamDestroy(st_.compute);
+    if (st_.own_compute) (void)cudaStreamDestroy(st_.compute);
     (void)cudaStreamDestroy(st_.copy);
   }
   const char* name() const override { return "cuda"; }
@@ -167,6 +183,16 @@ class CudaDeviceStage final : public DeviceStage {
                                st_.compute));
     CUDA_CHECK(cudaStreamSynchronize(st_.compute));
     return scratch.data();
+  }
+
+  void from_host(float* dst, const float* src, size_t n) override {
+    if (st_.host_io) {
+      if (dst != src) std::copy_n(src, n, dst);
+      return;
+    }
+    // Pageable source: the call returns once the rows are staged, so src may be reused.
+    CUDA_CHECK(
+        cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, st_.compute));
   }
 
   void decode(int il, const DecodeRow* rows, int n) override;
@@ -202,6 +228,7 @@ class CudaDeviceStage final : public DeviceStage {
   DeviceBuffer seqs_dev_, idx_dev_, pos_dev_, off_k_dev_, off_v_dev_, heavy_dev_;
   std::vector<SeqDesc> seqs_host_;
   std::vector<float> heavy_host_;
+  std::vector<float> host_k_, host_v_;  // device mode: host copies of K/V that skip the window
 };
 
 void CudaDeviceStage::decode(int il, const DecodeRow* rows, int n) {
@@ -223,6 +250,9 @@ void CudaDeviceStage::decode(int il, const DecodeRow* rows, int n) {
       values_dev_.need(std::max<size_t>(n_values, 1) * 2, "the CPU stage's V rows"));
   std::vector<size_t> lo_off(n), va_off(n);
   size_t lo = 0, va = 0;
+  // logits_dev_ / values_dev_ are reused by every layer: the previous layer's merge must have
+  // read them before this layer's copies overwrite them.
+  CUDA_CHECK(cudaStreamWaitEvent(st_.copy, st_.merged, 0));
   for (int b = 0; b < n; ++b) {
     const CpuPart& c = rows[b].cpu;
     lo_off[b] = lo;
@@ -285,6 +315,7 @@ void CudaDeviceStage::decode(int il, const DecodeRow* rows, int n) {
                              st_.compute));
   CUDA_CHECK(cudaStreamWaitEvent(st_.compute, st_.copied, 0));
   cuda::decode_merge(rd, n, nh, d_.group(), hd, d_.scale(), st_.compute);
+  CUDA_CHECK(cudaEventRecord(st_.merged, st_.compute));
   bool any_heavy = false;
   for (int b = 0; b < n; ++b) any_heavy = any_heavy || rows[b].heavy;
   if (any_heavy) {
@@ -296,7 +327,8 @@ void CudaDeviceStage::decode(int il, const DecodeRow* rows, int n) {
     for (int b = 0; b < n; ++b)
       CUDA_CHECK(cudaMemcpyAsync(rows[b].out, out + b * q_w, q_w * 4, cudaMemcpyDeviceToHost,
                                  st_.compute));
-  CUDA_CHECK(cudaStreamSynchronize(st_.compute));
+  // Device mode without H2O scores: nothing to wait for (the outputs stay on the device).
+  if (st_.host_io || any_heavy) CUDA_CHECK(cudaStreamSynchronize(st_.compute));
   for (int b = 0; b < n; ++b) {
     const DecodeRow& r = rows[b];
     if (r.heavy) {  // H2O's score: attention mass per position, summed over the group
@@ -311,11 +343,28 @@ void CudaDeviceStage::decode(int il, const DecodeRow* rows, int n) {
         sc[p] += pr[k + nw];
       }
     }
-    // The new token enters the window (host_io: from the host row); the oldest leaves it.
-    // (Without host_io, k_new/v_new are device rows; TieredLayerKv::append still writes tokens
-    // that skip the window (window 0) from host memory: that mode is not wired yet.)
-    r.kv->append(1, r.k_new, r.v_new);
+    // The new token enters the window; the oldest leaves it for the host stores (the copy
+    // queued on the compute stream, waited for at the step's end). host_io: from the host row.
+    // Device mode: from the device row, except with window 0, where the token goes straight
+    // to the host stores (TieredLayerKv converts it there), so it comes to the host first.
+    if (!st_.host_io && r.kv->window_budget() == 0) {
+      host_k_.resize(kv_w);
+      host_v_.resize(kv_w);
+      CUDA_CHECK(cudaMemcpyAsync(host_k_.data(), r.k_new, kv_w * 4, cudaMemcpyDeviceToHost,
+                                 st_.compute));
+      CUDA_CHECK(cudaMemcpyAsync(host_v_.data(), r.v_new, kv_w * 4, cudaMemcpyDeviceToHost,
+                                 st_.compute));
+      CUDA_CHECK(cudaStreamSynchronize(st_.compute));
+      st_.src_on_host = true;
+      r.kv->append(1, host_k_.data(), host_v_.data());
+    } else {
+      st_.src_on_host = st_.host_io;
+      st_.async_export = !st_.host_io;
+      r.kv->append(1, r.k_new, r.v_new);
+      st_.async_export = false;
+    }
   }
+  st_.src_on_host = st_.host_io;
 }
 
 // Exact attention over both tiers: the tokens are appended first (in bulk), then each
@@ -326,6 +375,22 @@ ExactResult CudaDeviceStage::exact(int il, const ExactBatch& b, bool stream_offl
   ExactResult res;
   const int n = b.n, hd = d_.head_dim, nkv = d_.n_kv_heads, nh = d_.n_heads;
   const int64_t q_w = int64_t(nh) * hd, kv_w = int64_t(nkv) * hd;
+  // Device mode: the step's K/V come to the host once (tokens that skip the window are
+  // converted to bf16 into the host stores there; the window's are copied back up).
+  const float* src_k = b.k;
+  const float* src_v = b.v;
+  if (!st_.host_io) {
+    host_k_.resize(size_t(n) * kv_w);
+    host_v_.resize(size_t(n) * kv_w);
+    CUDA_CHECK(cudaMemcpyAsync(host_k_.data(), b.k, size_t(n) * kv_w * 4, cudaMemcpyDeviceToHost,
+                               st_.compute));
+    CUDA_CHECK(cudaMemcpyAsync(host_v_.data(), b.v, size_t(n) * kv_w * 4, cudaMemcpyDeviceToHost,
+                               st_.compute));
+    CUDA_CHECK(cudaStreamSynchronize(st_.compute));
+    src_k = host_k_.data();
+    src_v = host_v_.data();
+    st_.src_on_host = true;
+  }
   for (int t = 0; t < n;) {
     int e = t + 1;
     while (e < n && b.kv[e] == b.kv[t] && b.pos[e] == b.pos[e - 1] + 1) ++e;
@@ -334,9 +399,10 @@ ExactResult CudaDeviceStage::exact(int il, const ExactBatch& b, bool stream_offl
              "hybrid attention (cuda): sequence " + std::to_string(b.seq[t]) + " holds " +
                  std::to_string(kv.length()) + " tokens, the step appends at " +
                  std::to_string(b.pos[t]));
-    kv.append(e - t, b.k + t * kv_w, b.v + t * kv_w);
+    kv.append(e - t, src_k + t * kv_w, src_v + t * kv_w);
     t = e;
   }
+  st_.src_on_host = st_.host_io;
   std::vector<kv::TieredLayerKv*> distinct;
   std::vector<int32_t> idx(n);
   for (int t = 0; t < n; ++t) {
