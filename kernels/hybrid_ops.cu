@@ -182,7 +182,48 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// grid (blocks, n_seqs): sequence blockIdx.y's positions [0, len) of every KV head.
+__global__ void tiers_to_f32_kernel(const SeqDesc* __restrict__ seqs, int n_kv_heads, int hd,
+                                    int capacity, int64_t seq_stride, float* __restrict__ k_dst,
+                                    float* __restrict__ v_dst) {
+  const SeqDesc sd = seqs[blockIdx.y];
+  const int64_t total = int64_t(n_kv_heads) * sd.len * hd;
+  float* kd = k_dst + int64_t(blockIdx.y) * seq_stride;
+  float* vd = v_dst + int64_t(blockIdx.y) * seq_stride;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const int d = int(e % hd);
+    const int p = int((e / hd) % sd.len);
+    const int h = int(e / (int64_t(hd) * sd.len));
+    int64_t src;
+    const uint16_t *ks, *vs;
+    if (p < sd.n_off) {
+      src = (int64_t(h) * sd.n_off + p) * hd + d;
+      ks = sd.ok;
+      vs = sd.ov;
+    } else {
+      const int slot = (sd.first_slot + p - sd.n_off) % sd.cap;
+      src = (int64_t(h) * sd.cap + slot) * hd + d;
+      ks = sd.wk;
+      vs = sd.wv;
+    }
+    const int64_t dst = (int64_t(h) * capacity + p) * hd + d;
+    kd[dst] = bf16_bits_to_f32(ks[src]);
+    vd[dst] = bf16_bits_to_f32(vs[src]);
+  }
+}
+
 }  // namespace
+
+void tiers_to_f32(const SeqDesc* seqs, int n_seqs, int max_len, int n_kv_heads, int hd,
+                  int capacity, int64_t seq_stride, float* k_dst, float* v_dst, Stream stream) {
+  if (n_seqs <= 0 || max_len <= 0) return;
+  const int64_t per_seq = int64_t(n_kv_heads) * max_len * hd;
+  const int blocks = int(std::min<int64_t>((per_seq + 255) / 256, 4096));
+  tiers_to_f32_kernel<<<dim3(blocks, n_seqs), 256, 0, stream>>>(seqs, n_kv_heads, hd, capacity,
+                                                                 seq_stride, k_dst, v_dst);
+  CUDA_CHECK_LAUNCH();
+}
 
 void window_write(const float* k, const float* v, int n, int n_kv_heads, int hd, int cap, int slot,
                   uint16_t* wk, uint16_t* wv, Stream stream) {

@@ -65,4 +65,13 @@ void exact_attention_tiers(const SeqDesc* seqs,       // [n_seqs]
                            int n_tokens, int n_heads, int group, int hd, float scale,
                            int sliding_window, Stream stream);
 
+// Both tiers of each sequence as contiguous float32 K/V in position order, the layout the CUDA
+// backend's full attention reads (cuda::attention with layer 0): sequence s's KV head h,
+// position p at k_dst + s * seq_stride + (h * capacity + p) * hd, for p < seqs[s].len
+// (offloaded positions widened from ok/ov, window positions from the ring).
+// PRECOND: seqs[s].len <= capacity; seq_stride >= n_kv_heads * capacity * hd.
+void tiers_to_f32(const SeqDesc* seqs,  // [n_seqs] device
+                  int n_seqs, int max_len, int n_kv_heads, int hd, int capacity,
+                  int64_t seq_stride, float* k_dst, float* v_dst, Stream stream);
+
 }  // namespace hybridgen::cuda
