@@ -269,9 +269,12 @@ uint64_t weight_bytes_of(const ModelWeights& w) {
 // Device memory of the hybrid path beside the window: exact attention (prefill chunks, aog)
 // lays out each sequence's K/V of one layer on the device (bf16 copy of the host stores and a
 // float32 layout), and its scores scratch (<= 256 MiB).
+// (bf16 K+V copy, float32 K+V layout, aog's second bf16 K+V buffer; the decode logits, V rows
+// and scores; 256 MiB of scores scratch for H2O's exact kernel and slack.)
 uint64_t hybrid_workspace_bytes(const ModelConfig& c, int n_ctx, int max_sequences) {
   const uint64_t kv_w = uint64_t(c.n_kv_heads) * c.head_dim;
-  return uint64_t(n_ctx) * kv_w * (2 * 2 + 4 * 2) * uint64_t(max_sequences) + (uint64_t(256) << 20);
+  const uint64_t per_token = kv_w * (2 * 2 + 4 * 2 + 2 * 2 + 2) + uint64_t(c.n_heads) * 4 * 2;
+  return uint64_t(n_ctx) * per_token * uint64_t(max_sequences) + (uint64_t(256) << 20);
 }
 
 std::string mib(uint64_t b) { return std::to_string((b + (1 << 20) - 1) >> 20) + " MiB"; }
@@ -402,6 +405,13 @@ CudaBackend::CudaBackend(const ModelConfig& c, const ModelWeights& w, int n_ctx,
   cuda::copy_to_device(v_slots_.as<void>(), v_ptrs.data(), sizeof(float*) * max_sequences);
 
   ensure_tokens(first_capacity);
+  if (!hybrid) {  // the split-KV decode workspace, once (no allocation inside a decode step)
+    size_t wb = 0;
+    for (int t = 1; t <= std::min(64, first_capacity); ++t)
+      wb = std::max(wb, cuda::attention_workspace_bytes(t, c.n_heads, c.n_kv_heads, c.head_dim,
+                                                        n_ctx));
+    if (wb) attn_work_ = DeviceBuffer(wb, "attention workspace");
+  }
   // The uploads above went through the legacy default stream; finish them before any kernel.
   cuda::device_synchronize();
   if (hybrid) {
@@ -422,6 +432,9 @@ CudaBackend::CudaBackend(const ModelConfig& c, const ModelWeights& w, int n_ctx,
     runtime::CudaStageOptions so;
     so.host_io = false;
     so.stream = stream_.s;
+    so.reserve_ctx = n_ctx;  // no allocation inside a step
+    so.reserve_sequences = max_sequences;
+    so.aog = options.hybrid->policy == runtime::Policy::kAog;
     runtime::HybridConfig hc = *options.hybrid;
     hc.device_memory_bytes = 0;  // checked above against the bf16 window and the free memory
     hybrid_ = std::make_unique<runtime::HybridRuntime>(

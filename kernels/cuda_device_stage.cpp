@@ -161,6 +161,7 @@ class CudaDeviceStage final : public DeviceStage {
       CUDA_CHECK(cudaEventCreateWithFlags(&used_[i], cudaEventDisableTiming));
       CUDA_CHECK(cudaEventCreateWithFlags(&pf_[i].done, cudaEventDisableTiming));
     }
+    if (o.reserve_ctx > 0 && o.reserve_sequences > 0) reserve(o);
     CUDA_CHECK(cudaEventCreate(&st_.step_begin));
     CUDA_CHECK(cudaEventCreate(&st_.step_end));
   }
@@ -231,6 +232,7 @@ class CudaDeviceStage final : public DeviceStage {
                              const int32_t* seq, int n);
   TxEvents tx_events();
   double collect_tx();
+  void reserve(const CudaStageOptions& o);
 
  public:
   void begin_step() override {
@@ -661,6 +663,35 @@ void CudaDeviceStage::remember_and_prefetch(int il, const std::vector<kv::Tiered
   CUDA_CHECK(cudaEventRecord(pf.done, st_.copy));
   tx_pending_.push_back(tx);
   pf.layer = next;
+}
+
+// Every buffer a step can need at the largest context and batch, once (CudaStageOptions).
+void CudaDeviceStage::reserve(const CudaStageOptions& o) {
+  const size_t ctx = size_t(o.reserve_ctx), seqs = size_t(o.reserve_sequences);
+  const size_t kv_w = size_t(d_.n_kv_heads) * d_.head_dim, nh = size_t(d_.n_heads);
+  // decode: the CPU parts' logits [rows, n_heads, k] and V rows [rows, n_kv_heads, k, hd],
+  // k < ctx; the scores [rows, n_heads, k + window + 1].
+  logits_dev_.need(seqs * nh * ctx * 4, "the CPU stage's logits");
+  values_dev_.need(seqs * kv_w * ctx * 2, "the CPU stage's V rows");
+  scores_dev_.need(seqs * nh * (ctx + 1) * 4, "decode attention scores");
+  rows_dev_.need(sizeof(RowDesc) * seqs, "decode rows");
+  // exact attention: the offloaded rows (bf16), the float32 layout, the split-KV workspace.
+  off_k_dev_.need(seqs * ctx * kv_w * 2, "offloaded keys on the device");
+  off_v_dev_.need(seqs * ctx * kv_w * 2, "offloaded values on the device");
+  lay_k_.need(seqs * ctx * kv_w * 4, "exact attention's float32 K layout");
+  lay_v_.need(seqs * ctx * kv_w * 4, "exact attention's float32 V layout");
+  slot_ptrs_dev_.need(sizeof(float*) * 2 * seqs, "exact attention slots");
+  seqs_dev_.need(sizeof(SeqDesc) * seqs, "exact seqs");
+  size_t wb = 0;
+  for (int n = 1; n <= std::min(64, o.reserve_sequences); ++n)
+    wb = std::max(wb, cuda::attention_workspace_bytes(n, d_.n_heads, d_.n_kv_heads, d_.head_dim,
+                                                      o.reserve_ctx));
+  if (wb) work_dev_.need(wb, "attention workspace");
+  if (o.aog)
+    for (int i = 0; i < 2; ++i) {
+      pk_[i].need(seqs * ctx * kv_w * 2, "aog prefetch (keys)");
+      pv_[i].need(seqs * ctx * kv_w * 2, "aog prefetch (values)");
+    }
 }
 
 CudaDeviceStage::TxEvents CudaDeviceStage::tx_events() {

@@ -33,6 +33,12 @@ struct CudaStageOptions {
   // stage's kernels and copies are ordered with the layers' (not owned). Null: the stage makes
   // its own.
   void* stream = nullptr;
+  // > 0: the decode and exact-attention buffers are allocated once, at construction, for this
+  // context and batch (no allocation inside a step; H2O's scores excepted), aog's prefetch
+  // buffers too when `aog`. 0: grown on demand.
+  int reserve_ctx = 0;
+  int reserve_sequences = 0;
+  bool aog = false;
 };
 
 // True when this build has the CUDA device stage and a GPU that runs its kernels.
