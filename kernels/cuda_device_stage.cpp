@@ -268,6 +268,7 @@ class CudaDeviceStage final : public DeviceStage {
   std::vector<float> host_k_, host_v_;  // device mode: host copies of K/V that skip the window
   // Full's attention over both tiers: float32 layouts, their slot table, the split-KV workspace.
   DeviceBuffer lay_k_, lay_v_, slot_ptrs_dev_, work_dev_;
+  DeviceBuffer partials_dev_;  // decode_merge_split's per-chunk (output, max, sum)
   std::vector<float*> slot_ptrs_host_;
   // aog: prefetch buffers and state by layer parity; the last reader of each buffer.
   DeviceBuffer pk_[2], pv_[2];
@@ -361,10 +362,20 @@ void CudaDeviceStage::decode(int il, const DecodeRow* rows, int n) {
   CUDA_CHECK(cudaMemcpyAsync(rd, rows_host_.data(), sizeof(RowDesc) * n, cudaMemcpyHostToDevice,
                              st_.compute));
   CUDA_CHECK(cudaStreamWaitEvent(st_.compute, st_.copied, 0));
-  cuda::decode_merge(rd, n, nh, d_.group(), hd, d_.scale(), st_.compute);
+  bool any_heavy = false, logits_given = true;
+  for (int b = 0; b < n; ++b) {
+    any_heavy = any_heavy || rows[b].heavy;
+    logits_given = logits_given && (rows[b].cpu.k == 0 || rows[b].cpu.logits);
+  }
+  if (logits_given) {  // split over chunks of positions, log-sum-exp combine: fills the GPU
+    float* part = static_cast<float*>(partials_dev_.need(
+        cuda::merge_partials_floats(n, nh, hd, max_total) * 4, "decode merge partials"));
+    cuda::decode_merge_split(rd, n, nh, d_.group(), hd, d_.scale(), max_total, part, any_heavy,
+                             st_.compute);
+  } else {
+    cuda::decode_merge(rd, n, nh, d_.group(), hd, d_.scale(), st_.compute);
+  }
   CUDA_CHECK(cudaEventRecord(st_.merged, st_.compute));
-  bool any_heavy = false;
-  for (int b = 0; b < n; ++b) any_heavy = any_heavy || rows[b].heavy;
   if (any_heavy) {
     probs_host_.resize(size_t(n) * nh * max_total);
     CUDA_CHECK(cudaMemcpyAsync(probs_host_.data(), scores, probs_host_.size() * 4,
@@ -488,7 +499,9 @@ ExactResult CudaDeviceStage::exact(int il, const ExactBatch& b, bool stream_offl
   if (prefetched)
     for (size_t s = 0; s < distinct.size() && prefetched; ++s)
       prefetched = distinct[s]->n_offloaded() == pf.pitch_rows[s];
-  if (prefetched) CUDA_CHECK(cudaStreamWaitEvent(st_.compute, pf.done, 0));
+  // A prefetch queued into this buffer is waited for even when it cannot be used (the copies
+  // below would race with it).
+  if (aog && pf.layer == il) CUDA_CHECK(cudaStreamWaitEvent(st_.compute, pf.done, 0));
   pf.layer = -1;
   float* heavy =
       any_heavy ? static_cast<float*>(heavy_dev_.need(heavy_n * 4, "H2O scores")) : nullptr;
@@ -675,6 +688,10 @@ void CudaDeviceStage::reserve(const CudaStageOptions& o) {
   values_dev_.need(seqs * kv_w * ctx * 2, "the CPU stage's V rows");
   scores_dev_.need(seqs * nh * (ctx + 1) * 4, "decode attention scores");
   rows_dev_.need(sizeof(RowDesc) * seqs, "decode rows");
+  partials_dev_.need(cuda::merge_partials_floats(o.reserve_sequences, d_.n_heads, d_.head_dim,
+                                                 o.reserve_ctx + 1) *
+                         4,
+                     "decode merge partials");
   // exact attention: the offloaded rows (bf16), the float32 layout, the split-KV workspace.
   off_k_dev_.need(seqs * ctx * kv_w * 2, "offloaded keys on the device");
   off_v_dev_.need(seqs * ctx * kv_w * 2, "offloaded values on the device");

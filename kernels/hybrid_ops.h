@@ -52,6 +52,18 @@ void window_write(const float* k,  // [n, n_kv_heads, hd]
 void decode_merge(const RowDesc* rows, int n_rows, int n_heads, int group, int hd, float scale,
                   Stream stream);
 
+// The same merge split over the kept positions (FlashDecoding-style): grid (n_heads, n_rows,
+// chunks of kMergeChunk positions of [CPU part k | window nw | new token]); each block writes
+// its chunk's raw scores to the row's scores, its (max, sum) and unnormalised output to
+// `partials`; a second kernel combines the chunks (log-sum-exp) into out and, when
+// write_probs, turns the scores into the probabilities decode_merge leaves. Needs every row's
+// cpu_logits when k > 0. partials: merge_partials_floats(n_rows, n_heads, hd, max_total) floats.
+constexpr int kMergeChunk = 256;
+size_t merge_partials_floats(int n_rows, int n_heads, int hd, int max_total);
+void decode_merge_split(const RowDesc* rows, int n_rows, int n_heads, int group, int hd,
+                        float scale, int max_total, float* partials, bool write_probs,
+                        Stream stream);
+
 // Exact attention over both tiers: token t (sequence seqs[seq_index[t]], position pos[t])
 // attends to [lo, pos] (lo from the sliding window); offloaded positions from ok/ov, window
 // positions from the ring; H2O mass added to seq.heavy when set (atomicAdd).
