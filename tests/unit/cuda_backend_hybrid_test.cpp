@@ -11,7 +11,9 @@
 //   full's float32 K/V: each logit moves by <= 2^-9 |q||k|/sqrt(d) and each output by
 //   <= 2^-9 max |V|, an order below that floor.
 //   greedy tokens, teacher-forced: the CUDA backend's greedy token equals the CPU backend's at
-//   >= 36 of 40 decode steps (the bf16 agreement of the device-stage test).
+//   >= 36 of 40 decode steps with the exact query (the bf16 agreement of the device-stage test),
+//   >= 32 with the speculative query (the GPU's speculated q differs from the CPU's by the
+//   backends' float32 summation order, which can flip a top-K choice at a near-tie as well).
 //   selections: with identical CPU-stage inputs (both runtimes driven by one CPU Transformer,
 //   exact query), the same token indices at every layer, step and KV head; h2o's predictor adds
 //   up the device stage's probabilities (bf16 window on CUDA), so >= 90% of its rows agree.
@@ -240,6 +242,7 @@ TEST(CudaBackendHybridPolicies, EveryPolicyDecodes40StepsLikeTheCpuBackend) {
       for (int d = 0; d < 2; ++d) {
         LoadOptions o = engine_options(d ? "cuda" : "cpu", p);
         o.attention.speculative = speculative;
+        o.attention.speculation_min_cosine = 0;  // speculate everywhere: the same layers on both
         e[d] = Engine::load(o);
       }
       const int vocab = e[0]->info().vocab_size;
@@ -267,7 +270,7 @@ TEST(CudaBackendHybridPolicies, EveryPolicyDecodes40StepsLikeTheCpuBackend) {
       EXPECT_EQ(b.layer_passes, a.layer_passes) << p;
       EXPECT_EQ(b.passes_post_qkt, a.passes_post_qkt) << p;
       EXPECT_EQ(b.passes_pre_qkt, a.passes_pre_qkt) << p;
-      EXPECT_GE(same, 36) << p << (speculative ? " speculative" : " exact query");
+      EXPECT_GE(same, speculative ? 32 : 36) << p << (speculative ? " speculative" : " exact query");
       if (speculative && std::string(p) == "hybrid")  // the GPU's speculative query is the CPU's
         EXPECT_NEAR(b.speculation_cosine, a.speculation_cosine, 0.02);
       std::printf("[ %s, %s query ] greedy token equal to the CPU backend's at %d/40 steps; "
