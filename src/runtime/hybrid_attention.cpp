@@ -554,8 +554,11 @@ void HybridRuntime::end_step() {
   StageLatencies lat;
   // T_gpu: the device's clock where it has one (CUDA events), else the calling thread's wall
   // time minus its waits for the CPU stage and its own CPU-stage work (the CPU backend).
+  // With CUDA events the step's span includes the GPU's idle time while this thread waited for
+  // the CPU stage (nothing new was queued then): that wait is taken out too.
   const std::optional<double> dev = device_->step_seconds();
-  lat.t_gpu = dev ? *dev : std::max(0.0, wall - step_wait_ - step_sync_cpu_);
+  lat.t_gpu = dev ? std::max(0.0, *dev - step_wait_)
+                  : std::max(0.0, wall - step_wait_ - step_sync_cpu_);
   lat.t_cpu = step_cpu_;
   lat.t_tx = step_tx_;
   ++stats_.decode_steps;
