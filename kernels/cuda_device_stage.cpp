@@ -553,7 +553,7 @@ ExactResult CudaDeviceStage::exact(int il, const ExactBatch& b, bool stream_offl
     q = qd;
     out = static_cast<float*>(out_dev_.need(size_t(n) * q_w * 4, "exact out"));
   }
-  if (!any_heavy) {
+  {
     // Full's attention (cuda::attention: tiled prefill, split-KV decode) over both tiers laid
     // out as float32 in position order, the layout full attention keeps: prefill and aog run at
     // full's speed. [n_seqs][n_kv_heads, max_len, hd] float32 for K and for V.
@@ -577,18 +577,20 @@ ExactResult CudaDeviceStage::exact(int il, const ExactBatch& b, bool stream_offl
     void* work = wb ? work_dev_.need(wb, "attention workspace") : nullptr;
     cuda::attention(q, q_w, n, nh, nkv, hd, id, pd, slots, slots + distinct.size(), 0, max_len,
                     d_.scale(), d_.sliding_window, work, wb, out, st_.compute);
-  } else {
-    // H2O needs each position's attention mass: the scoring kernel. Scores scratch
-    // [tokens, n_heads, max_len]: tokens in groups that keep it under 256 MiB.
+  }
+  if (any_heavy) {
+    // H2O needs each position's attention mass: the scoring kernel, without its value pass
+    // (the output came from full's kernels above). Scores scratch [tokens, n_heads, max_len]:
+    // tokens in groups that keep it under 256 MiB.
     const size_t per_token = size_t(nh) * max_len * 4;
     const int group_tokens = int(std::max<size_t>(1, (size_t(256) << 20) / per_token));
     float* scores = static_cast<float*>(
         scores_dev_.need(per_token * size_t(std::min(n, group_tokens)), "exact attention scores"));
     for (int t0i = 0; t0i < n; t0i += group_tokens) {
       const int nt = std::min(group_tokens, n - t0i);
-      cuda::exact_attention_tiers(sd, id + t0i, pd + t0i, q + int64_t(t0i) * q_w,
-                                  out + int64_t(t0i) * q_w, scores, max_len, nt, nh, d_.group(),
-                                  hd, d_.scale(), d_.sliding_window, st_.compute);
+      cuda::exact_attention_tiers(sd, id + t0i, pd + t0i, q + int64_t(t0i) * q_w, nullptr,
+                                  scores, max_len, nt, nh, d_.group(), hd, d_.scale(),
+                                  d_.sliding_window, st_.compute);
     }
   }
   if (aog) {

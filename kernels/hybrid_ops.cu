@@ -168,6 +168,7 @@ __global__ void __launch_bounds__(kThreads)
     sc[j] *= inv;
     if (s.heavy) atomicAdd(s.heavy + int64_t(h) * s.len + lo + j, sc[j]);
   }
+  if (!out_all) return;  // scores and H2O mass only (the output comes from full's kernels)
   __syncthreads();
   float* o = out_all + (int64_t(t) * n_heads + qh) * hd;
   for (int d = threadIdx.x; d < hd; d += blockDim.x) {

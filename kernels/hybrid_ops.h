@@ -66,7 +66,8 @@ void decode_merge_split(const RowDesc* rows, int n_rows, int n_heads, int group,
 
 // Exact attention over both tiers: token t (sequence seqs[seq_index[t]], position pos[t])
 // attends to [lo, pos] (lo from the sliding window); offloaded positions from ok/ov, window
-// positions from the ring; H2O mass added to seq.heavy when set (atomicAdd).
+// positions from the ring; H2O mass added to seq.heavy when set (atomicAdd). out == nullptr:
+// the scores and the mass only (no value pass).
 void exact_attention_tiers(const SeqDesc* seqs,       // [n_seqs]
                            const int32_t* seq_index,  // [n_tokens]
                            const int32_t* pos,        // [n_tokens]
