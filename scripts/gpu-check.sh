@@ -6,7 +6,8 @@
 #   3. the CUDA tests (each binary run directly, so that their printed figures reach the log):
 #      ops, model, tensor callback, device stage (host_io), and the CUDA backend on the hybrid
 #      runtime (tests/unit/cuda_backend_hybrid_test.cpp: 4 tiny architectures x windows
-#      0/1/33/whole x batch 1/2 layer by layer, the selections, every policy 40 decode steps);
+#      0/1/33/whole x batch 1/2 layer by layer, the selections, every policy 40 decode steps),
+#      and the device sampler against the CPU sampler (issue 15);
 #   4. the ceilings (HBM copy and pinned H2D: hybridgen-gpubw; host read: hybridgen-membw);
 #   5. Llama-3.1-8B shapes (random bf16 weights), batch 1, 32K prompt, 10% window: full, hybrid
 #      and aog decode with hybridgen-bench, one JSON each, then one side-by-side table (ms/token,
@@ -36,8 +37,8 @@ for f in .debs/*.deb; do dpkg -x "$f" "$prefix"; done
 export LD_LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 
 step "build (sm_90)"
-cuda_tests="cuda_ops_test cuda_model_test cuda_tensor_callback_test cuda_device_stage_test cuda_backend_hybrid_test"
-extra_tests="${HYBRIDGEN_GPU_EXTRA_TESTS:-}"  # e.g. cuda_sampler_test (issue 15's script adds it)
+cuda_tests="cuda_ops_test cuda_model_test cuda_tensor_callback_test cuda_device_stage_test cuda_backend_hybrid_test cuda_sampler_test"
+extra_tests="${HYBRIDGEN_GPU_EXTRA_TESTS:-}"  # more test binaries to build and run
 timeout 300 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_PREFIX_PATH="$prefix/usr" -DHYBRIDGEN_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DHYBRIDGEN_BUILD_EXAMPLES=OFF > "$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
