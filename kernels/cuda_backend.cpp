@@ -310,7 +310,8 @@ CudaBackend::CudaBackend(const ModelConfig& c, const ModelWeights& w, int n_ctx,
   // (capped by --gpu-memory-mb) and the exact-attention workspace; nothing per context token.
   const bool hybrid = options.hybrid != nullptr;
   hybrid_path_ = hybrid;
-  HG_CHECK(!hybrid || options.host_alloc, "CUDA backend: the hybrid runtime needs a host allocator");
+  HG_CHECK(!hybrid || options.host_alloc,
+           "CUDA backend: the hybrid runtime needs a host allocator");
   const uint64_t weight_bytes = weight_bytes_of(w);
   const uint64_t kv_slot_bytes =
       uint64_t(c.n_layers) * c.n_kv_heads * uint64_t(n_ctx) * c.head_dim * sizeof(float);
@@ -322,28 +323,31 @@ CudaBackend::CudaBackend(const ModelConfig& c, const ModelWeights& w, int n_ctx,
                                 uint64_t(c.n_layers) * uint64_t(max_sequences);
   const uint64_t kv_bytes = hybrid ? window_bytes : 2 * kv_slot_bytes * uint64_t(max_sequences);
   const int first_capacity = std::max(kMinTokenCapacity, max_sequences);
-  const uint64_t act_bytes =
-      activation_bytes(first_capacity) + uint64_t(first_capacity) * c.vocab_size * sizeof(float) +
-      (hybrid ? hybrid_workspace_bytes(c, n_ctx, max_sequences) : 0);
+  const uint64_t act_bytes = activation_bytes(first_capacity) +
+                             uint64_t(first_capacity) * c.vocab_size * sizeof(float) +
+                             (hybrid ? hybrid_workspace_bytes(c, n_ctx, max_sequences) : 0);
   const uint64_t need = weight_bytes + kv_bytes + act_bytes;
   size_t free_b = 0, total_b = 0;
   CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
   const uint64_t cap = hybrid ? options.hybrid->device_memory_bytes : 0;
   if (hybrid && cap > 0 && window_bytes > cap)
     fail("--device cuda: the KV window needs " + mib(window_bytes) + " of GPU memory (" +
-         std::to_string(window) + " tokens x " + std::to_string(max_sequences) +
-         " sequence(s) x " + std::to_string(c.n_layers) + " layers, bf16 K and V) but " +
-         "--gpu-memory-mb allows " + mib(cap) + " (" + mib(free_b) + " free on " + prop.name +
+         std::to_string(window) + " tokens x " + std::to_string(max_sequences) + " sequence(s) x " +
+         std::to_string(c.n_layers) + " layers, bf16 K and V) but " + "--gpu-memory-mb allows " +
+         mib(cap) + " (" + mib(free_b) + " free on " + prop.name +
          "): lower --window, -b or -c, or raise --gpu-memory-mb");
   if (need > free_b)
     fail("--device cuda: the model needs " + mib(need) + " of GPU memory (weights " +
          mib(weight_bytes) + " bf16, " +
          (hybrid ? "KV window " + mib(kv_bytes) + " for " + std::to_string(window) + " tokens x "
                  : "KV cache " + mib(kv_bytes) + " (float32, policy full) for ") +
-         std::to_string(max_sequences) + " sequence(s)" + (hybrid ? "" : " x " + std::to_string(n_ctx) + " tokens") +
+         std::to_string(max_sequences) + " sequence(s)" +
+         (hybrid ? "" : " x " + std::to_string(n_ctx) + " tokens") +
          ", activations and workspaces " + mib(act_bytes) + ") but " + std::string(prop.name) +
-         " has " + mib(free_b) + " free of " + mib(total_b) + ": lower -c (--ctx-size), -b (--batch)" +
-         (hybrid ? ", --window or --gpu-memory-mb" : ", or use --policy auto or hybrid (a window on the GPU, the rest on the host)"));
+         " has " + mib(free_b) + " free of " + mib(total_b) +
+         ": lower -c (--ctx-size), -b (--batch)" +
+         (hybrid ? ", --window or --gpu-memory-mb"
+                 : ", or use --policy auto or hybrid (a window on the GPU, the rest on the host)"));
 
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream_.s, cudaStreamDefault));
   blas_.h = cuda::blas_create(stream_.s);
@@ -408,8 +412,8 @@ CudaBackend::CudaBackend(const ModelConfig& c, const ModelWeights& w, int n_ctx,
   if (!hybrid) {  // the split-KV decode workspace, once (no allocation inside a decode step)
     size_t wb = 0;
     for (int t = 1; t <= std::min(64, first_capacity); ++t)
-      wb = std::max(wb, cuda::attention_workspace_bytes(t, c.n_heads, c.n_kv_heads, c.head_dim,
-                                                        n_ctx));
+      wb = std::max(wb,
+                    cuda::attention_workspace_bytes(t, c.n_heads, c.n_kv_heads, c.head_dim, n_ctx));
     if (wb) attn_work_ = DeviceBuffer(wb, "attention workspace");
   }
   // The uploads above went through the legacy default stream; finish them before any kernel.
@@ -419,7 +423,8 @@ CudaBackend::CudaBackend(const ModelConfig& c, const ModelWeights& w, int n_ctx,
     spec_.rows = max_sequences;
     for (int i = 0; i < 2; ++i) {
       CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&spec_.host[i]),
-                               sizeof(float) * size_t(max_sequences) * q_w_, cudaHostAllocPortable));
+                               sizeof(float) * size_t(max_sequences) * q_w_,
+                               cudaHostAllocPortable));
       CUDA_CHECK(cudaEventCreateWithFlags(&spec_.ready[i], cudaEventDisableTiming));
     }
     runtime::ModelDims dims;
@@ -456,8 +461,9 @@ void CudaBackend::speculate(int il, const float* x, int n, const int32_t* d_pos)
   float* h = h_.as<float>();
   float* q = att_.as<float>();  // free until this layer's attention
   norm(x, L.attn_norm, L.attn_norm_b, n, h);
-  cuda::linear(blas_.h, L.qkv.w.as<uint16_t>(), L.qkv.bias.empty() ? nullptr : L.qkv.bias.as<float>(),
-               h, x_bf16_.as<uint16_t>(), q, n, L.qkv.in, q_w_, stream_.s);
+  cuda::linear(blas_.h, L.qkv.w.as<uint16_t>(),
+               L.qkv.bias.empty() ? nullptr : L.qkv.bias.as<float>(), h, x_bf16_.as<uint16_t>(), q,
+               n, L.qkv.in, q_w_, stream_.s);
   if (!c.learned_positions)
     cuda::rope(q, q_w_, n, c.n_heads, c.head_dim, c.rope_dim, d_pos, inv_freq_.as<float>(),
                c.rope_style == RopeStyle::kNeox, stream_.s);
@@ -623,9 +629,9 @@ void CudaBackend::forward(const Batch& batch, kv::KvCacheManager& cache,
     bool one_each = true;
     for (int i = 0; i < n && one_each; ++i)
       for (int j = 0; j < i; ++j) one_each = one_each && batch.seq[i] != batch.seq[j];
-    speculating = one_each && hybrid_->policy_plan().pipelined &&
-                  runtime::policy_row(hybrid_->config().policy).decode ==
-                      runtime::DecodePath::kSplit;
+    speculating =
+        one_each && hybrid_->policy_plan().pipelined &&
+        runtime::policy_row(hybrid_->config().policy).decode == runtime::DecodePath::kSplit;
   }
   for (int il = 0; il < c.n_layers; ++il) {
     const DeviceLayer& L = layers_[il];
@@ -655,18 +661,18 @@ void CudaBackend::forward(const Batch& batch, kv::KvCacheManager& cache,
       float* qc = qc_.as<float>();
       float* kc = kc_.as<float>();
       float* vc = vc_.as<float>();
-      CUDA_CHECK(cudaMemcpy2DAsync(qc, 4 * size_t(q_w_), q, 4 * size_t(qkv_w_), 4 * size_t(q_w_),
+      CUDA_CHECK(cudaMemcpy2DAsync(qc, 4 * size_t(q_w_), q, 4 * size_t(qkv_w_), 4 * size_t(q_w_), n,
+                                   cudaMemcpyDeviceToDevice, s));
+      CUDA_CHECK(cudaMemcpy2DAsync(kc, 4 * size_t(kv_w_), k, 4 * size_t(qkv_w_), 4 * size_t(kv_w_),
                                    n, cudaMemcpyDeviceToDevice, s));
-      CUDA_CHECK(cudaMemcpy2DAsync(kc, 4 * size_t(kv_w_), k, 4 * size_t(qkv_w_),
-                                   4 * size_t(kv_w_), n, cudaMemcpyDeviceToDevice, s));
-      CUDA_CHECK(cudaMemcpy2DAsync(vc, 4 * size_t(kv_w_), v, 4 * size_t(qkv_w_),
-                                   4 * size_t(kv_w_), n, cudaMemcpyDeviceToDevice, s));
+      CUDA_CHECK(cudaMemcpy2DAsync(vc, 4 * size_t(kv_w_), v, 4 * size_t(qkv_w_), 4 * size_t(kv_w_),
+                                   n, cudaMemcpyDeviceToDevice, s));
       hybrid_->attend(il, qc, kc, vc, att);
     } else {
-      cuda::kv_append(k, v, qkv_w_, n, c.n_kv_heads, hd, d_seq, d_pos, k_slots, v_slots, il,
-                      n_ctx_, s);
-      cuda::attention(q, qkv_w_, n, c.n_heads, c.n_kv_heads, hd, d_seq, d_pos, k_slots, v_slots,
-                      il, n_ctx_, scale, c.sliding_window, attn_work_.as<void>(), attn_work_.bytes(),
+      cuda::kv_append(k, v, qkv_w_, n, c.n_kv_heads, hd, d_seq, d_pos, k_slots, v_slots, il, n_ctx_,
+                      s);
+      cuda::attention(q, qkv_w_, n, c.n_heads, c.n_kv_heads, hd, d_seq, d_pos, k_slots, v_slots, il,
+                      n_ctx_, scale, c.sliding_window, attn_work_.as<void>(), attn_work_.bytes(),
                       att, s);
     }
     dump("attn_out", il, att, n, q_w_, q_w_);
@@ -750,9 +756,10 @@ runtime::DeviceBudget cuda_device_budget(const ModelConfig& c, const ModelWeight
   const uint64_t q_w = uint64_t(c.n_heads) * c.head_dim, qkv_w = q_w + 2 * kv_w;
   const uint64_t ffn_w = c.relu_ffn ? c.d_ff : 2 * uint64_t(c.d_ff);
   const uint64_t widest = std::max<uint64_t>({uint64_t(c.d_model), q_w, uint64_t(c.d_ff)});
-  b.activation_bytes = 4 * uint64_t(cap) * (3 * uint64_t(c.d_model) + qkv_w + q_w + ffn_w + c.d_ff) +
-                       2 * uint64_t(cap) * widest + 16 * uint64_t(cap) +
-                       uint64_t(cap) * c.vocab_size * 4 + 4 * uint64_t(cap) * (q_w + 2 * kv_w);
+  b.activation_bytes =
+      4 * uint64_t(cap) * (3 * uint64_t(c.d_model) + qkv_w + q_w + ffn_w + c.d_ff) +
+      2 * uint64_t(cap) * widest + 16 * uint64_t(cap) + uint64_t(cap) * c.vocab_size * 4 +
+      4 * uint64_t(cap) * (q_w + 2 * kv_w);
   b.full_kv_bytes_per_token = uint64_t(c.n_layers) * kv_w * 4 * 2;
   b.window_bytes_per_token = uint64_t(c.n_layers) * kv_w * 2 * 2;
   b.cap_bytes = cap_bytes;

@@ -207,8 +207,7 @@ class CudaDeviceStage final : public DeviceStage {
       return;
     }
     // Pageable source: the call returns once the rows are staged, so src may be reused.
-    CUDA_CHECK(
-        cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, st_.compute));
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, st_.compute));
   }
 
   void decode(int il, const DecodeRow* rows, int n) override;
@@ -408,10 +407,10 @@ void CudaDeviceStage::decode(int il, const DecodeRow* rows, int n) {
     if (!st_.host_io && r.kv->window_budget() == 0) {
       host_k_.resize(kv_w);
       host_v_.resize(kv_w);
-      CUDA_CHECK(cudaMemcpyAsync(host_k_.data(), r.k_new, kv_w * 4, cudaMemcpyDeviceToHost,
-                                 st_.compute));
-      CUDA_CHECK(cudaMemcpyAsync(host_v_.data(), r.v_new, kv_w * 4, cudaMemcpyDeviceToHost,
-                                 st_.compute));
+      CUDA_CHECK(
+          cudaMemcpyAsync(host_k_.data(), r.k_new, kv_w * 4, cudaMemcpyDeviceToHost, st_.compute));
+      CUDA_CHECK(
+          cudaMemcpyAsync(host_v_.data(), r.v_new, kv_w * 4, cudaMemcpyDeviceToHost, st_.compute));
       CUDA_CHECK(cudaStreamSynchronize(st_.compute));
       st_.src_on_host = true;
       r.kv->append(1, host_k_.data(), host_v_.data());
@@ -534,8 +533,10 @@ ExactResult CudaDeviceStage::exact(int il, const ExactBatch& b, bool stream_offl
     x.heavy = heavy_of[s] ? heavy + heavy_off[s] : nullptr;
   }
   CUDA_CHECK(cudaEventRecord(tx.end, st_.compute));
-  if (stream_offloaded) tx_pending_.push_back(tx);
-  else tx_free_.push_back(tx);
+  if (stream_offloaded)
+    tx_pending_.push_back(tx);
+  else
+    tx_free_.push_back(tx);
   SeqDesc* sd =
       static_cast<SeqDesc*>(seqs_dev_.need(sizeof(SeqDesc) * distinct.size(), "exact seqs"));
   CUDA_CHECK(cudaMemcpyAsync(sd, seqs_host_.data(), sizeof(SeqDesc) * distinct.size(),
@@ -588,9 +589,9 @@ ExactResult CudaDeviceStage::exact(int il, const ExactBatch& b, bool stream_offl
         scores_dev_.need(per_token * size_t(std::min(n, group_tokens)), "exact attention scores"));
     for (int t0i = 0; t0i < n; t0i += group_tokens) {
       const int nt = std::min(group_tokens, n - t0i);
-      cuda::exact_attention_tiers(sd, id + t0i, pd + t0i, q + int64_t(t0i) * q_w, nullptr,
-                                  scores, max_len, nt, nh, d_.group(), hd, d_.scale(),
-                                  d_.sliding_window, st_.compute);
+      cuda::exact_attention_tiers(sd, id + t0i, pd + t0i, q + int64_t(t0i) * q_w, nullptr, scores,
+                                  max_len, nt, nh, d_.group(), hd, d_.scale(), d_.sliding_window,
+                                  st_.compute);
     }
   }
   if (aog) {
@@ -690,10 +691,10 @@ void CudaDeviceStage::reserve(const CudaStageOptions& o) {
   values_dev_.need(seqs * kv_w * ctx * 2, "the CPU stage's V rows");
   scores_dev_.need(seqs * nh * (ctx + 1) * 4, "decode attention scores");
   rows_dev_.need(sizeof(RowDesc) * seqs, "decode rows");
-  partials_dev_.need(cuda::merge_partials_floats(o.reserve_sequences, d_.n_heads, d_.head_dim,
-                                                 o.reserve_ctx + 1) *
-                         4,
-                     "decode merge partials");
+  partials_dev_.need(
+      cuda::merge_partials_floats(o.reserve_sequences, d_.n_heads, d_.head_dim, o.reserve_ctx + 1) *
+          4,
+      "decode merge partials");
   // exact attention: the offloaded rows (bf16), the float32 layout, the split-KV workspace.
   off_k_dev_.need(seqs * ctx * kv_w * 2, "offloaded keys on the device");
   off_v_dev_.need(seqs * ctx * kv_w * 2, "offloaded values on the device");

@@ -188,8 +188,8 @@ __global__ void __launch_bounds__(kThreads)
 // the ring's key or the new key against q) goes to scores; the block's max, sum of exponentials
 // and unnormalised output over its positions go to partials [n_rows, n_heads, chunks, hd + 2].
 __global__ void __launch_bounds__(kThreads)
-    merge_chunk_kernel(const RowDesc* __restrict__ rows, int group, int hd, float scale,
-                       int chunks, float* __restrict__ partials) {
+    merge_chunk_kernel(const RowDesc* __restrict__ rows, int group, int hd, float scale, int chunks,
+                       float* __restrict__ partials) {
   const RowDesc r = rows[blockIdx.y];
   const int qh = blockIdx.x, h = qh / group, c = blockIdx.z;
   const int total = r.k + r.nw + 1;
@@ -321,7 +321,7 @@ void tiers_to_f32(const SeqDesc* seqs, int n_seqs, int max_len, int n_kv_heads, 
   const int64_t per_seq = int64_t(n_kv_heads) * max_len * hd;
   const int blocks = int(std::min<int64_t>((per_seq + 255) / 256, 4096));
   tiers_to_f32_kernel<<<dim3(blocks, n_seqs), 256, 0, stream>>>(seqs, n_kv_heads, hd, capacity,
-                                                                 seq_stride, k_dst, v_dst);
+                                                                seq_stride, k_dst, v_dst);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -351,12 +351,11 @@ void decode_merge_split(const RowDesc* rows, int n_rows, int n_heads, int group,
                         Stream stream) {
   if (n_rows == 0) return;
   const int chunks = (std::max(max_total, 1) + kMergeChunk - 1) / kMergeChunk;
-  merge_chunk_kernel<<<dim3(n_heads, n_rows, chunks), kThreads, 0, stream>>>(rows, group, hd,
-                                                                             scale, chunks,
-                                                                             partials);
+  merge_chunk_kernel<<<dim3(n_heads, n_rows, chunks), kThreads, 0, stream>>>(rows, group, hd, scale,
+                                                                             chunks, partials);
   CUDA_CHECK_LAUNCH();
-  merge_combine_kernel<<<dim3(n_heads, n_rows), kThreads, 0, stream>>>(rows, hd, chunks,
-                                                                       partials, write_probs);
+  merge_combine_kernel<<<dim3(n_heads, n_rows), kThreads, 0, stream>>>(rows, hd, chunks, partials,
+                                                                       write_probs);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -84,7 +84,7 @@ void exact_attention_tiers(const SeqDesc* seqs,       // [n_seqs]
 // (offloaded positions widened from ok/ov, window positions from the ring).
 // PRECOND: seqs[s].len <= capacity; seq_stride >= n_kv_heads * capacity * hd.
 void tiers_to_f32(const SeqDesc* seqs,  // [n_seqs] device
-                  int n_seqs, int max_len, int n_kv_heads, int hd, int capacity,
-                  int64_t seq_stride, float* k_dst, float* v_dst, Stream stream);
+                  int n_seqs, int max_len, int n_kv_heads, int hd, int capacity, int64_t seq_stride,
+                  float* k_dst, float* v_dst, Stream stream);
 
 }  // namespace hybridgen::cuda

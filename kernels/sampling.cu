@@ -2,14 +2,13 @@
 // (descending; stable, so equal logits keep ascending ids: the CPU sampler's tie-break), then one
 // block per row walks the sorted row with block-wide scans for top-p and the draw. Sums in
 // double, probabilities rounded to float as the CPU sampler stores them.
-#include <cub/block/block_reduce.cuh>
-#include <cub/block/block_scan.cuh>
-#include <cub/device/device_segmented_radix_sort.cuh>
-
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <climits>
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+#include <cub/device/device_segmented_radix_sort.cuh>
 #include <string>
 
 #include "ops.cuh"
@@ -25,8 +24,8 @@ void check_arg(bool ok, const char* what) {
   if (!ok) fail(std::string("cuda::sample: ") + what);
 }
 
-__global__ void iota_rows_kernel(int32_t* __restrict__ ids, int32_t* __restrict__ offsets,
-                                 int rows, int vocab) {
+__global__ void iota_rows_kernel(int32_t* __restrict__ ids, int32_t* __restrict__ offsets, int rows,
+                                 int vocab) {
   const int64_t total = int64_t(rows) * vocab;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
        e += int64_t(gridDim.x) * blockDim.x)
@@ -89,8 +88,8 @@ __global__ void __launch_bounds__(kSampleThreads)
   auto prob = [&](int j) { return float(double(expf(sl[j] - mx)) / sum); };
   int n = keep;
   if (p.top_p < 1.0f)  // the smallest prefix whose mass reaches top_p
-    n = first_prefix_reaching(keep, double(p.top_p), [&](int j) { return double(prob(j)); }, &red,
-                              &found);
+    n = first_prefix_reaching(
+        keep, double(p.top_p), [&](int j) { return double(prob(j)); }, &red, &found);
   if (p.min_p > 0.f) {  // probabilities are non-increasing: the kept ones are a prefix
     const float floor_p = p.min_p * prob(0);
     if (threadIdx.x == 0) found = n;

@@ -167,19 +167,19 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& o) {
     if (a.kv_memory == "plain") {
       im.host_alloc = pinned ? make_cuda_pinned_allocator() : memory::make_plain_allocator();
     } else {
-        memory::TierConfig tc;
-        try {
-          tc.policy = memory::parse_policy(a.kv_memory);
-        } catch (const Error&) {
-          fail("unknown KV memory policy '" + a.kv_memory +
-               "' (the --kv-memory flag: plain, semantic, interleave, dram)");
-        }
-        tc.fast_nodes = a.fast_nodes;
-        tc.slow_nodes = a.slow_nodes;
-        tc.fast_key_budget_bytes = a.fast_key_budget_bytes;
-        tc.auto_demote_keys = true;  // LRG: the newest keys stay on DRAM
-        im.numa_alloc = memory::make_numa_allocator(tc).release();
-        im.host_alloc.reset(im.numa_alloc);
+      memory::TierConfig tc;
+      try {
+        tc.policy = memory::parse_policy(a.kv_memory);
+      } catch (const Error&) {
+        fail("unknown KV memory policy '" + a.kv_memory +
+             "' (the --kv-memory flag: plain, semantic, interleave, dram)");
+      }
+      tc.fast_nodes = a.fast_nodes;
+      tc.slow_nodes = a.slow_nodes;
+      tc.fast_key_budget_bytes = a.fast_key_budget_bytes;
+      tc.auto_demote_keys = true;  // LRG: the newest keys stay on DRAM
+      im.numa_alloc = memory::make_numa_allocator(tc).release();
+      im.host_alloc.reset(im.numa_alloc);
     }
   };
   if (o.device == "cpu") {

@@ -557,8 +557,8 @@ void HybridRuntime::end_step() {
   // With CUDA events the step's span includes the GPU's idle time while this thread waited for
   // the CPU stage (nothing new was queued then): that wait is taken out too.
   const std::optional<double> dev = device_->step_seconds();
-  lat.t_gpu = dev ? std::max(0.0, *dev - step_wait_)
-                  : std::max(0.0, wall - step_wait_ - step_sync_cpu_);
+  lat.t_gpu =
+      dev ? std::max(0.0, *dev - step_wait_) : std::max(0.0, wall - step_wait_ - step_sync_cpu_);
   lat.t_cpu = step_cpu_;
   lat.t_tx = step_tx_;
   ++stats_.decode_steps;

@@ -53,10 +53,10 @@ std::string model_dir(const std::string& name) {
   return std::string(HYBRIDGEN_TEST_DATA_DIR) + "/models/" + name;
 }
 
-#define SKIP_WITHOUT_GPU()                             \
-  do {                                                 \
-    std::string why;                                   \
-    if (!cuda_available(&why)) GTEST_SKIP() << why;    \
+#define SKIP_WITHOUT_GPU()                          \
+  do {                                              \
+    std::string why;                                \
+    if (!cuda_available(&why)) GTEST_SKIP() << why; \
   } while (0)
 
 struct Dumped {
@@ -187,9 +187,10 @@ TEST_P(CudaBackendHybrid, ExactHybridEqualsFullAndTheCpuStageLayerByLayer) {
   EXPECT_EQ(st.decode_steps, 10);
   EXPECT_EQ(st.layer_passes, int64_t(10) * c.batch * cfg.n_layers);
   EXPECT_EQ(st.decode_steps, cpu_rt.stats().decode_steps);
-  std::printf("[ %s window %d batch %d ] worst normalized |cuda hybrid - cuda full| %.3g, "
-              "|cuda hybrid - cpu hybrid| %.3g (tolerance %.3g)\n",
-              c.model.c_str(), c.window, c.batch, worst_full, worst_cpu, kTol);
+  std::printf(
+      "[ %s window %d batch %d ] worst normalized |cuda hybrid - cuda full| %.3g, "
+      "|cuda hybrid - cpu hybrid| %.3g (tolerance %.3g)\n",
+      c.model.c_str(), c.window, c.batch, worst_full, worst_cpu, kTol);
 }
 
 std::vector<Case> cases() {
@@ -270,12 +271,14 @@ TEST(CudaBackendHybridPolicies, EveryPolicyDecodes40StepsLikeTheCpuBackend) {
       EXPECT_EQ(b.layer_passes, a.layer_passes) << p;
       EXPECT_EQ(b.passes_post_qkt, a.passes_post_qkt) << p;
       EXPECT_EQ(b.passes_pre_qkt, a.passes_pre_qkt) << p;
-      EXPECT_GE(same, speculative ? 32 : 36) << p << (speculative ? " speculative" : " exact query");
+      EXPECT_GE(same, speculative ? 32 : 36)
+          << p << (speculative ? " speculative" : " exact query");
       if (speculative && std::string(p) == "hybrid")  // the GPU's speculative query is the CPU's
         EXPECT_NEAR(b.speculation_cosine, a.speculation_cosine, 0.02);
-      std::printf("[ %s, %s query ] greedy token equal to the CPU backend's at %d/40 steps; "
-                  "T_gpu %.3g s, T_cpu %.3g s, T_tx %.3g s\n",
-                  p, speculative ? "speculative" : "exact", same, b.t_device, b.t_cpu, b.t_tx);
+      std::printf(
+          "[ %s, %s query ] greedy token equal to the CPU backend's at %d/40 steps; "
+          "T_gpu %.3g s, T_cpu %.3g s, T_tx %.3g s\n",
+          p, speculative ? "speculative" : "exact", same, b.t_device, b.t_cpu, b.t_tx);
       for (int d = 0; d < 2; ++d) e[d]->close_sequence(seq[d]);
     }
 }
@@ -311,7 +314,9 @@ class RecordingStage final : public runtime::DeviceStage {
   const float* to_host(const float* src, size_t n, std::vector<float>& s) override {
     return inner_->to_host(src, n, s);
   }
-  void from_host(float* dst, const float* src, size_t n) override { inner_->from_host(dst, src, n); }
+  void from_host(float* dst, const float* src, size_t n) override {
+    inner_->from_host(dst, src, n);
+  }
   void decode(int il, const runtime::DecodeRow* rows, int n) override {
     for (int b = 0; b < n; ++b)
       sel->emplace_back(rows[b].cpu.sel, rows[b].cpu.sel + size_t(rows[b].cpu.k) * n_kv_heads);
@@ -415,9 +420,10 @@ TEST(CudaSelection, SameTokenIndicesAsTheCpuStageWithIdenticalInputs) {
         EXPECT_GE(same, int(sel[0].size() * 9 / 10)) << "window " << window;
       else
         EXPECT_EQ(same, int(sel[0].size())) << runtime::policy_name(p) << " window " << window;
-      std::printf("[ %s window %d ] identical selections in %d/%zu rows (%d with offloaded "
-                  "tokens)\n",
-                  runtime::policy_name(p), window, same, sel[0].size(), nonempty);
+      std::printf(
+          "[ %s window %d ] identical selections in %d/%zu rows (%d with offloaded "
+          "tokens)\n",
+          runtime::policy_name(p), window, same, sel[0].size(), nonempty);
     }
 }
 

@@ -30,8 +30,8 @@ TEST(CudaSampler, SameTokensAsTheCpuSampler) {
     int top_k;
     float top_p, min_p;
   };
-  const P params[] = {{0.f, 40, 0.95f, 0.05f}, {0.8f, 40, 0.95f, 0.05f}, {1.0f, 0, 1.0f, 0.f},
-                      {0.5f, 5, 1.0f, 0.f},    {1.3f, 0, 0.9f, 0.f},     {0.7f, 0, 1.0f, 0.1f},
+  const P params[] = {{0.f, 40, 0.95f, 0.05f},  {0.8f, 40, 0.95f, 0.05f}, {1.0f, 0, 1.0f, 0.f},
+                      {0.5f, 5, 1.0f, 0.f},     {1.3f, 0, 0.9f, 0.f},     {0.7f, 0, 1.0f, 0.1f},
                       {2.0f, 1000, 0.5f, 0.02f}};
   std::mt19937_64 gen(7);
   for (const int vocab : {1000, 151936}) {
@@ -86,9 +86,10 @@ TEST(CudaSampler, SameTokensAsTheCpuSampler) {
         EXPECT_EQ(same, rows) << "vocab " << vocab << " temp " << p.temperature;
       else
         EXPECT_GE(same, rows * 99 / 100) << "vocab " << vocab << " temp " << p.temperature;
-      std::printf("[ vocab %d temp %.2f top-k %d top-p %.2f min-p %.2f ] %d/%d rows equal to the "
-                  "CPU sampler\n",
-                  vocab, p.temperature, p.top_k, p.top_p, p.min_p, same, rows);
+      std::printf(
+          "[ vocab %d temp %.2f top-k %d top-p %.2f min-p %.2f ] %d/%d rows equal to the "
+          "CPU sampler\n",
+          vocab, p.temperature, p.top_k, p.top_p, p.min_p, same, rows);
     }
     cuda::device_free(ws);
     cuda::device_free(logits);
