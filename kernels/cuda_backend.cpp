@@ -26,6 +26,8 @@
 #include "model/dequant.h"
 #include "ops_api.h"
 #include "runtime/backend.h"
+#include "runtime/cuda_device_stage.h"
+#include "runtime/hybrid_attention.h"
 #include "runtime/transformer.h"
 #include "util/check.h"
 #include "util/log.h"
@@ -115,6 +117,59 @@ uint64_t linear_bytes(const cpu::Linear& L) {
   return uint64_t(L.out_features()) * L.in_features() * 2 + L.bias().size() * 4;
 }
 
+// The speculative query of the hybrid runtime's CPU stage, computed on the GPU: at the start of
+// layer il the backend applies layer il+1's norm and the Q rows of its W_qkv (+bias, RoPE) to
+// layer il's input — the paper's speculation — and copies q (n x q_w floats) to pinned memory,
+// recording an event; the CPU stage's worker waits for that event and reads it. Why on the GPU:
+// the Q rows of Llama-3.1-8B are 32 MiB of bf16 per layer, one GEMV of ~8 us at the H200's HBM
+// bandwidth, against ~0.6 ms for the CPU stage's threads at ~50 GB/s of host bandwidth
+// (a whole 8B decode step's GPU time is ~8 ms: the CPU query would be 2.5x longer than the
+// device stage's layer, and the CPU stage would never hide behind it).
+struct SpecQueries {
+  float* host[2] = {nullptr, nullptr};  // pinned [max_sequences, q_w], by layer parity
+  cudaEvent_t ready[2] = {nullptr, nullptr};
+  int q_w = 0, rows = 0;
+  ~SpecQueries() {
+    for (int i = 0; i < 2; ++i) {
+      if (host[i]) (void)cudaFreeHost(host[i]);
+      if (ready[i]) (void)cudaEventDestroy(ready[i]);
+    }
+  }
+};
+
+class GpuSpeculativeQuery final : public runtime::QueryProvider {
+ public:
+  explicit GpuSpeculativeQuery(const SpecQueries& s) : s_(s) {}
+  void query(int il, const float*, int n, const int32_t*, float* q) const override {
+    HG_CHECK(n <= s_.rows, "speculative query: more rows than the backend's batch");
+    CUDA_CHECK(cudaEventSynchronize(s_.ready[il % 2]));
+    std::memcpy(q, s_.host[il % 2], sizeof(float) * size_t(n) * s_.q_w);
+  }
+
+ private:
+  const SpecQueries& s_;
+};
+
+// Page-locked host memory for the hybrid runtime's host stores and staging.
+class PinnedAllocator final : public memory::HostAllocator {
+ public:
+  void* allocate(size_t bytes, memory::Role role) override {
+    void* p = nullptr;
+    const cudaError_t e = cudaHostAlloc(&p, std::max<size_t>(bytes, 64), cudaHostAllocPortable);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      fail("pinned host memory: cudaHostAlloc of " + std::to_string(bytes >> 20) + " MiB for " +
+           memory::role_name(role) + " failed (" + cudaGetErrorString(e) +
+           "); lower -c or -b, or use --kv-memory dram (pageable memory)");
+    }
+    return p;
+  }
+  void deallocate(void* p, size_t) noexcept override {
+    if (p) (void)cudaFreeHost(p);
+  }
+  std::string name() const override { return "cuda-pinned"; }
+};
+
 struct DeviceLayer {
   DeviceBuffer attn_norm, attn_norm_b, ffn_norm, ffn_norm_b;  // [d_model]
   DeviceLinear qkv, out, up, down;
@@ -122,7 +177,8 @@ struct DeviceLayer {
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(const ModelConfig& config, const ModelWeights& weights, int n_ctx, int max_sequences);
+  CudaBackend(const ModelConfig& config, const ModelWeights& weights, int n_ctx, int max_sequences,
+              const CudaBackendOptions& options);
   ~CudaBackend() override;
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
@@ -131,8 +187,11 @@ class CudaBackend final : public Backend {
   const ModelConfig& config() const override { return config_; }
   std::string name() const override { return "cuda"; }
   void set_tensor_callback(TensorCallback cb) override { callback_ = std::move(cb); }
+  runtime::HybridRuntime* hybrid_runtime() override { return hybrid_.get(); }
 
  private:
+  // Layer il's speculative query (norm_il, Q rows of W_qkv,il, RoPE) from x into spec_.
+  void speculate(int il, const float* x, int n, const int32_t* d_pos);
   // Activation buffers for `tokens` tokens per call (reallocated larger when needed).
   void ensure_tokens(int tokens);
   void ensure_logit_rows(int rows);
@@ -189,9 +248,39 @@ class CudaBackend final : public Backend {
   int logit_rows_ = 0;
   DeviceBuffer logits_;  // [logit_rows_, vocab]
   std::vector<int32_t> host_ints_;
+  // Hybrid path: contiguous q, k, v of the step for the runtime ([cap, q_w], [cap, kv_w]).
+  DeviceBuffer qc_, kc_, vc_;
+  SpecQueries spec_;
+  bool hybrid_path_ = false;
+  // Last: destroyed first (its CPU-stage worker reads spec_; its device stage uses stream_).
+  std::unique_ptr<runtime::HybridRuntime> hybrid_;
 };
 
-CudaBackend::CudaBackend(const ModelConfig& c, const ModelWeights& w, int n_ctx, int max_sequences)
+uint64_t weight_bytes_of(const ModelWeights& w) {
+  uint64_t b = 4 * (w.token_embedding.size() + w.position_embedding.size() + w.final_norm.size() +
+                    w.final_norm_b.size()) +
+               linear_bytes(w.lm_head);
+  for (const LayerWeights& L : w.layers)
+    b += 4 * (L.attn_norm.size() + L.attn_norm_b.size() + L.ffn_norm.size() + L.ffn_norm_b.size()) +
+         linear_bytes(L.qkv) + linear_bytes(L.out) + linear_bytes(L.up) + linear_bytes(L.down);
+  return b;
+}
+
+// Device memory of the hybrid path beside the window: exact attention (prefill chunks, aog)
+// lays out each sequence's K/V of one layer on the device (bf16 copy of the host stores and a
+// float32 layout), and its scores scratch (<= 256 MiB).
+// (bf16 K+V copy, float32 K+V layout, aog's second bf16 K+V buffer; the decode logits, V rows
+// and scores; 256 MiB of scores scratch for H2O's exact kernel and slack.)
+uint64_t hybrid_workspace_bytes(const ModelConfig& c, int n_ctx, int max_sequences) {
+  const uint64_t kv_w = uint64_t(c.n_kv_heads) * c.head_dim;
+  const uint64_t per_token = kv_w * (2 * 2 + 4 * 2 + 2 * 2 + 2) + uint64_t(c.n_heads) * 4 * 2;
+  return uint64_t(n_ctx) * per_token * uint64_t(max_sequences) + (uint64_t(256) << 20);
+}
+
+std::string mib(uint64_t b) { return std::to_string((b + (1 << 20) - 1) >> 20) + " MiB"; }
+
+CudaBackend::CudaBackend(const ModelConfig& c, const ModelWeights& w, int n_ctx, int max_sequences,
+                         const CudaBackendOptions& options)
     : config_(c), n_ctx_(n_ctx), max_sequences_(max_sequences) {
   std::string why;
   if (!cuda_available(&why)) fail("--device cuda: " + why);
@@ -216,30 +305,49 @@ CudaBackend::CudaBackend(const ModelConfig& c, const ModelWeights& w, int n_ctx,
   cudaDeviceProp prop{};
   CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
 
-  // What the device must hold, checked up front for a clear message.
-  uint64_t weight_bytes = 4 * (w.token_embedding.size() + w.position_embedding.size() +
-                               w.final_norm.size() + w.final_norm_b.size()) +
-                          linear_bytes(w.lm_head);
-  for (const LayerWeights& L : w.layers)
-    weight_bytes +=
-        4 * (L.attn_norm.size() + L.attn_norm_b.size() + L.ffn_norm.size() + L.ffn_norm_b.size()) +
-        linear_bytes(L.qkv) + linear_bytes(L.out) + linear_bytes(L.up) + linear_bytes(L.down);
+  // What the device must hold, checked up front for a clear message. Full: float32 K/V of the
+  // whole context of every sequence slot. Hybrid: the bf16 window of every sequence and layer
+  // (capped by --gpu-memory-mb) and the exact-attention workspace; nothing per context token.
+  const bool hybrid = options.hybrid != nullptr;
+  hybrid_path_ = hybrid;
+  HG_CHECK(!hybrid || options.host_alloc,
+           "CUDA backend: the hybrid runtime needs a host allocator");
+  const uint64_t weight_bytes = weight_bytes_of(w);
   const uint64_t kv_slot_bytes =
       uint64_t(c.n_layers) * c.n_kv_heads * uint64_t(n_ctx) * c.head_dim * sizeof(float);
-  const uint64_t kv_bytes = 2 * kv_slot_bytes * uint64_t(max_sequences);
+  const int window = hybrid ? (runtime::policy_row(options.hybrid->policy).window_zero
+                                   ? 0
+                                   : std::min(options.hybrid->window, n_ctx))
+                            : 0;
+  const uint64_t window_bytes = uint64_t(window) * c.n_kv_heads * c.head_dim * 2 * 2 *
+                                uint64_t(c.n_layers) * uint64_t(max_sequences);
+  const uint64_t kv_bytes = hybrid ? window_bytes : 2 * kv_slot_bytes * uint64_t(max_sequences);
   const int first_capacity = std::max(kMinTokenCapacity, max_sequences);
-  const uint64_t act_bytes =
-      activation_bytes(first_capacity) + uint64_t(first_capacity) * c.vocab_size * sizeof(float);
+  const uint64_t act_bytes = activation_bytes(first_capacity) +
+                             uint64_t(first_capacity) * c.vocab_size * sizeof(float) +
+                             (hybrid ? hybrid_workspace_bytes(c, n_ctx, max_sequences) : 0);
   const uint64_t need = weight_bytes + kv_bytes + act_bytes;
   size_t free_b = 0, total_b = 0;
   CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-  auto mib = [](uint64_t b) { return std::to_string((b + (1 << 20) - 1) >> 20) + " MiB"; };
+  const uint64_t cap = hybrid ? options.hybrid->device_memory_bytes : 0;
+  if (hybrid && cap > 0 && window_bytes > cap)
+    fail("--device cuda: the KV window needs " + mib(window_bytes) + " of GPU memory (" +
+         std::to_string(window) + " tokens x " + std::to_string(max_sequences) + " sequence(s) x " +
+         std::to_string(c.n_layers) + " layers, bf16 K and V) but " + "--gpu-memory-mb allows " +
+         mib(cap) + " (" + mib(free_b) + " free on " + prop.name +
+         "): lower --window, -b or -c, or raise --gpu-memory-mb");
   if (need > free_b)
     fail("--device cuda: the model needs " + mib(need) + " of GPU memory (weights " +
-         mib(weight_bytes) + " bf16, KV cache " + mib(kv_bytes) + " for " +
-         std::to_string(max_sequences) + " sequence(s) x " + std::to_string(n_ctx) +
-         " tokens, activations " + mib(act_bytes) + ") but " + std::string(prop.name) + " has " +
-         mib(free_b) + " free of " + mib(total_b) + ": " + cuda::kOomAdvice);
+         mib(weight_bytes) + " bf16, " +
+         (hybrid ? "KV window " + mib(kv_bytes) + " for " + std::to_string(window) + " tokens x "
+                 : "KV cache " + mib(kv_bytes) + " (float32, policy full) for ") +
+         std::to_string(max_sequences) + " sequence(s)" +
+         (hybrid ? "" : " x " + std::to_string(n_ctx) + " tokens") +
+         ", activations and workspaces " + mib(act_bytes) + ") but " + std::string(prop.name) +
+         " has " + mib(free_b) + " free of " + mib(total_b) +
+         ": lower -c (--ctx-size), -b (--batch)" +
+         (hybrid ? ", --window or --gpu-memory-mb"
+                 : ", or use --policy auto or hybrid (a window on the GPU, the rest on the host)"));
 
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream_.s, cudaStreamDefault));
   blas_.h = cuda::blas_create(stream_.s);
@@ -287,9 +395,9 @@ CudaBackend::CudaBackend(const ModelConfig& c, const ModelWeights& w, int n_ctx,
              "CUDA backend: layer " + std::to_string(il) + " has unexpected projection shapes");
   }
 
-  // KV cache: one K and one V buffer per sequence slot.
+  // KV cache (policy full): one K and one V buffer per sequence slot.
   std::vector<float*> k_ptrs(max_sequences), v_ptrs(max_sequences);
-  for (int s = 0; s < max_sequences; ++s) {
+  for (int s = 0; s < max_sequences && !hybrid; ++s) {
     k_cache_.emplace_back(kv_slot_bytes, "the KV cache (keys)");
     v_cache_.emplace_back(kv_slot_bytes, "the KV cache (values)");
     k_ptrs[s] = k_cache_.back().as<float>();
@@ -301,13 +409,67 @@ CudaBackend::CudaBackend(const ModelConfig& c, const ModelWeights& w, int n_ctx,
   cuda::copy_to_device(v_slots_.as<void>(), v_ptrs.data(), sizeof(float*) * max_sequences);
 
   ensure_tokens(first_capacity);
+  if (!hybrid) {  // the split-KV decode workspace, once (no allocation inside a decode step)
+    size_t wb = 0;
+    for (int t = 1; t <= std::min(64, first_capacity); ++t)
+      wb = std::max(wb,
+                    cuda::attention_workspace_bytes(t, c.n_heads, c.n_kv_heads, c.head_dim, n_ctx));
+    if (wb) attn_work_ = DeviceBuffer(wb, "attention workspace");
+  }
   // The uploads above went through the legacy default stream; finish them before any kernel.
   cuda::device_synchronize();
+  if (hybrid) {
+    spec_.q_w = q_w_;
+    spec_.rows = max_sequences;
+    for (int i = 0; i < 2; ++i) {
+      CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&spec_.host[i]),
+                               sizeof(float) * size_t(max_sequences) * q_w_,
+                               cudaHostAllocPortable));
+      CUDA_CHECK(cudaEventCreateWithFlags(&spec_.ready[i], cudaEventDisableTiming));
+    }
+    runtime::ModelDims dims;
+    dims.n_layers = c.n_layers;
+    dims.n_heads = c.n_heads;
+    dims.n_kv_heads = c.n_kv_heads;
+    dims.head_dim = c.head_dim;
+    dims.d_model = c.d_model;
+    dims.sliding_window = c.sliding_window;
+    runtime::CudaStageOptions so;
+    so.host_io = false;
+    so.stream = stream_.s;
+    so.reserve_ctx = n_ctx;  // no allocation inside a step
+    so.reserve_sequences = max_sequences;
+    so.aog = options.hybrid->policy == runtime::Policy::kAog;
+    runtime::HybridConfig hc = *options.hybrid;
+    hc.device_memory_bytes = 0;  // checked above against the bf16 window and the free memory
+    hybrid_ = std::make_unique<runtime::HybridRuntime>(
+        hc, dims, std::make_unique<GpuSpeculativeQuery>(spec_),
+        runtime::make_cuda_device_stage(dims, *options.host_alloc, so), n_ctx, max_sequences,
+        *options.host_alloc);
+  }
   log().info(
-      "CUDA backend on {} (sm_{}{}): weights {:.1f} MiB, KV cache {:.1f} MiB (float32, "
-      "{} x {} tokens), activations {:.1f} MiB",
-      prop.name, prop.major, prop.minor, weight_bytes / 1048576.0, kv_bytes / 1048576.0,
-      max_sequences, n_ctx, act_bytes / 1048576.0);
+      "CUDA backend on {} (sm_{}{}): weights {:.1f} MiB, {} {:.1f} MiB ({} x {} tokens), "
+      "activations and workspaces {:.1f} MiB; {:.1f} MiB free before loading",
+      prop.name, prop.major, prop.minor, weight_bytes / 1048576.0,
+      hybrid ? "KV window (bf16)" : "KV cache (float32)", kv_bytes / 1048576.0, max_sequences,
+      hybrid ? window : n_ctx, act_bytes / 1048576.0, free_b / 1048576.0);
+}
+
+void CudaBackend::speculate(int il, const float* x, int n, const int32_t* d_pos) {
+  const ModelConfig& c = config_;
+  const DeviceLayer& L = layers_[il];
+  float* h = h_.as<float>();
+  float* q = att_.as<float>();  // free until this layer's attention
+  norm(x, L.attn_norm, L.attn_norm_b, n, h);
+  cuda::linear(blas_.h, L.qkv.w.as<uint16_t>(),
+               L.qkv.bias.empty() ? nullptr : L.qkv.bias.as<float>(), h, x_bf16_.as<uint16_t>(), q,
+               n, L.qkv.in, q_w_, stream_.s);
+  if (!c.learned_positions)
+    cuda::rope(q, q_w_, n, c.n_heads, c.head_dim, c.rope_dim, d_pos, inv_freq_.as<float>(),
+               c.rope_style == RopeStyle::kNeox, stream_.s);
+  CUDA_CHECK(cudaMemcpyAsync(spec_.host[il % 2], q, sizeof(float) * size_t(n) * q_w_,
+                             cudaMemcpyDeviceToHost, stream_.s));
+  CUDA_CHECK(cudaEventRecord(spec_.ready[il % 2], stream_.s));
 }
 
 CudaBackend::~CudaBackend() {
@@ -344,6 +506,14 @@ void CudaBackend::ensure_tokens(int tokens) {
   last_ = DeviceBuffer(4 * t * c.d_model, "activations");
   x_bf16_ = DeviceBuffer(2 * t * widest_in, "activations");
   ints_ = DeviceBuffer(4 * 4 * t, "token indices");
+  if (hybrid_path_) {  // the hybrid path's contiguous q, k, v
+    qc_ = DeviceBuffer();
+    kc_ = DeviceBuffer();
+    vc_ = DeviceBuffer();
+    qc_ = DeviceBuffer(4 * t * q_w_, "activations");
+    kc_ = DeviceBuffer(4 * t * kv_w_, "activations");
+    vc_ = DeviceBuffer(4 * t * kv_w_, "activations");
+  }
   token_capacity_ = cap;
 }
 
@@ -414,7 +584,7 @@ void CudaBackend::forward(const Batch& batch, kv::KvCacheManager& cache,
   ensure_tokens(n);
   if (n_out > 0) ensure_logit_rows(n_out);
   const size_t attn_work_bytes =
-      cuda::attention_workspace_bytes(n, c.n_heads, c.n_kv_heads, hd, n_ctx_);
+      hybrid_ ? 0 : cuda::attention_workspace_bytes(n, c.n_heads, c.n_kv_heads, hd, n_ctx_);
   if (attn_work_bytes > attn_work_.bytes()) {
     CUDA_CHECK(cudaStreamSynchronize(stream_.s));  // the old buffer is no longer in use
     attn_work_ = DeviceBuffer();
@@ -451,8 +621,27 @@ void CudaBackend::forward(const Batch& batch, kv::KvCacheManager& cache,
 
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const bool neox = c.rope_style == RopeStyle::kNeox;
+  // Hybrid: the runtime's step protocol around the layers, as the CPU Transformer drives it;
+  // the CPU stage's speculative query of layer il+1 from layer il's input on the GPU.
+  bool speculating = false;
+  if (hybrid_) {
+    hybrid_->begin_step(batch, pos.data());
+    bool one_each = true;
+    for (int i = 0; i < n && one_each; ++i)
+      for (int j = 0; j < i; ++j) one_each = one_each && batch.seq[i] != batch.seq[j];
+    speculating =
+        one_each && hybrid_->policy_plan().pipelined &&
+        runtime::policy_row(hybrid_->config().policy).decode == runtime::DecodePath::kSplit;
+  }
   for (int il = 0; il < c.n_layers; ++il) {
     const DeviceLayer& L = layers_[il];
+    if (hybrid_) {
+      if (speculating) {
+        if (il == 0) speculate(0, x, n, d_pos);  // layer 0's own input: exact
+        if (il + 1 < c.n_layers) speculate(il + 1, x, n, d_pos);
+      }
+      hybrid_->layer_input(il, x);
+    }
     // --- attention block ---
     norm(x, L.attn_norm, L.attn_norm_b, n, h);
     dump("attn_norm", il, h, n, d, d);
@@ -467,11 +656,25 @@ void CudaBackend::forward(const Batch& batch, kv::KvCacheManager& cache,
     dump("q", il, q, n, q_w_, qkv_w_);
     dump("k", il, k, n, kv_w_, qkv_w_);
     dump("v", il, v, n, kv_w_, qkv_w_);
-    cuda::kv_append(k, v, qkv_w_, n, c.n_kv_heads, hd, d_seq, d_pos, k_slots, v_slots, il, n_ctx_,
-                    s);
-    cuda::attention(q, qkv_w_, n, c.n_heads, c.n_kv_heads, hd, d_seq, d_pos, k_slots, v_slots, il,
-                    n_ctx_, scale, c.sliding_window, attn_work_.as<void>(), attn_work_.bytes(), att,
-                    s);
+    if (hybrid_) {
+      // The runtime's rows are contiguous: [n, n_heads, hd] and [n, n_kv_heads, hd].
+      float* qc = qc_.as<float>();
+      float* kc = kc_.as<float>();
+      float* vc = vc_.as<float>();
+      CUDA_CHECK(cudaMemcpy2DAsync(qc, 4 * size_t(q_w_), q, 4 * size_t(qkv_w_), 4 * size_t(q_w_), n,
+                                   cudaMemcpyDeviceToDevice, s));
+      CUDA_CHECK(cudaMemcpy2DAsync(kc, 4 * size_t(kv_w_), k, 4 * size_t(qkv_w_), 4 * size_t(kv_w_),
+                                   n, cudaMemcpyDeviceToDevice, s));
+      CUDA_CHECK(cudaMemcpy2DAsync(vc, 4 * size_t(kv_w_), v, 4 * size_t(qkv_w_), 4 * size_t(kv_w_),
+                                   n, cudaMemcpyDeviceToDevice, s));
+      hybrid_->attend(il, qc, kc, vc, att);
+    } else {
+      cuda::kv_append(k, v, qkv_w_, n, c.n_kv_heads, hd, d_seq, d_pos, k_slots, v_slots, il, n_ctx_,
+                      s);
+      cuda::attention(q, qkv_w_, n, c.n_heads, c.n_kv_heads, hd, d_seq, d_pos, k_slots, v_slots, il,
+                      n_ctx_, scale, c.sliding_window, attn_work_.as<void>(), attn_work_.bytes(),
+                      att, s);
+    }
     dump("attn_out", il, att, n, q_w_, q_w_);
     linear(L.out, att, h, n);
     cuda::add(x, h, int64_t(n) * d, s);
@@ -490,6 +693,7 @@ void CudaBackend::forward(const Batch& batch, kv::KvCacheManager& cache,
     cuda::add(x, h, int64_t(n) * d, s);
     dump("l_out", il, x, n, d, d);
   }
+  if (hybrid_) hybrid_->end_step();
 
   // --- head: only the rows that want logits ---
   logits.assign(size_t(n_out) * c.vocab_size, 0.f);
@@ -530,8 +734,44 @@ bool cuda_available(std::string* why) {
 }
 
 std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& config, const ModelWeights& weights,
-                                           int n_ctx, int max_sequences) {
-  return std::make_unique<CudaBackend>(config, weights, n_ctx, max_sequences);
+                                           int n_ctx, int max_sequences,
+                                           const CudaBackendOptions& options) {
+  return std::make_unique<CudaBackend>(config, weights, n_ctx, max_sequences, options);
+}
+
+runtime::DeviceBudget cuda_device_budget(const ModelConfig& c, const ModelWeights& w, int n_ctx,
+                                         int max_sequences, uint64_t cap_bytes) {
+  std::string why;
+  if (!cuda_available(&why)) fail("--device cuda: " + why);
+  size_t free_b = 0, total_b = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  runtime::DeviceBudget b;
+  const uint64_t kv_w = uint64_t(c.n_kv_heads) * c.head_dim;
+  // The hybrid path's workspace is kept out of the room for the KV (it would be needed by the
+  // window's choice; full needs less, so full is chosen slightly conservatively).
+  const uint64_t work = hybrid_workspace_bytes(c, n_ctx, max_sequences);
+  b.free_bytes = free_b > work ? free_b - work : 0;
+  b.weight_bytes = weight_bytes_of(w);
+  const int cap = std::max(kMinTokenCapacity, max_sequences);
+  const uint64_t q_w = uint64_t(c.n_heads) * c.head_dim, qkv_w = q_w + 2 * kv_w;
+  const uint64_t ffn_w = c.relu_ffn ? c.d_ff : 2 * uint64_t(c.d_ff);
+  const uint64_t widest = std::max<uint64_t>({uint64_t(c.d_model), q_w, uint64_t(c.d_ff)});
+  b.activation_bytes =
+      4 * uint64_t(cap) * (3 * uint64_t(c.d_model) + qkv_w + q_w + ffn_w + c.d_ff) +
+      2 * uint64_t(cap) * widest + 16 * uint64_t(cap) + uint64_t(cap) * c.vocab_size * 4 +
+      4 * uint64_t(cap) * (q_w + 2 * kv_w);
+  b.full_kv_bytes_per_token = uint64_t(c.n_layers) * kv_w * 4 * 2;
+  b.window_bytes_per_token = uint64_t(c.n_layers) * kv_w * 2 * 2;
+  b.cap_bytes = cap_bytes;
+  b.n_ctx = n_ctx;
+  b.max_sequences = max_sequences;
+  return b;
+}
+
+std::unique_ptr<memory::HostAllocator> make_cuda_pinned_allocator() {
+  std::string why;
+  if (!cuda_available(&why)) fail("--device cuda: " + why);
+  return std::make_unique<PinnedAllocator>();
 }
 
 }  // namespace hybridgen

@@ -34,8 +34,10 @@ struct DeviceBuffer {
   void* p = nullptr;
   size_t bytes = 0;
   ~DeviceBuffer() { cuda::device_free(p); }
+  // Grows by at least half (buffers sized by the context grow a token per decode step).
   void* need(size_t b, const char* what) {
     if (b > bytes) {
+      b = std::max(b, bytes + bytes / 2);
       cuda::device_free(p);
       p = nullptr;
       bytes = 0;
@@ -52,9 +54,17 @@ struct DeviceBuffer {
 
 struct Streams {
   cudaStream_t compute = nullptr, copy = nullptr;
-  cudaEvent_t copied = nullptr, step_begin = nullptr, step_end = nullptr;
+  bool own_compute = true;  // false: the CUDA backend's stream
+  cudaEvent_t copied = nullptr, merged = nullptr, step_begin = nullptr, step_end = nullptr;
   bool host_io = true;
-  DeviceBuffer staging_k, staging_v;  // host_io window writes: float32 K/V rows
+  // Set by the stage around TieredLayerKv::append: the K/V rows it passes are in host memory
+  // (host_io, or host copies made for tokens that skip the window), else in device memory.
+  bool src_on_host = true;
+  // Set around decode appends: the eviction's device-to-host copy stays queued on the compute
+  // stream (the host stores are next read by the CPU stage after the step's end, which
+  // synchronises on step_end); else the copy is waited for.
+  bool async_export = false;
+  DeviceBuffer staging_k, staging_v;  // window writes from host memory: float32 K/V rows
 };
 
 // The window of one (sequence, layer): bf16 K and V rings in device memory.
@@ -81,7 +91,7 @@ class CudaWindowStore final : public kv::WindowStore {
     HG_CHECK(slot >= 0 && n >= 0 && slot + n <= capacity_, "CUDA window: write out of range");
     if (n == 0) return;
     const size_t row = size_t(n) * n_kv_heads_ * head_dim_ * sizeof(float);
-    if (st_.host_io) {
+    if (st_.host_io || st_.src_on_host) {
       float* dk = static_cast<float*>(st_.staging_k.need(row, "window write staging"));
       float* dv = static_cast<float*>(st_.staging_v.need(row, "window write staging"));
       CUDA_CHECK(cudaMemcpyAsync(dk, k, row, cudaMemcpyHostToDevice, st_.compute));
@@ -105,8 +115,8 @@ class CudaWindowStore final : public kv::WindowStore {
                                  cudaMemcpyDeviceToHost, st_.compute));
     CUDA_CHECK(cudaMemcpy2DAsync(v_dst, dst_pitch, v_ + off, src_pitch, width, n_kv_heads_,
                                  cudaMemcpyDeviceToHost, st_.compute));
-    // The host stores are read by the CPU stage as soon as append() returns.
-    CUDA_CHECK(cudaStreamSynchronize(st_.compute));
+    // Outside decode the host stores are read by the CPU as soon as append() returns.
+    if (!st_.async_export) CUDA_CHECK(cudaStreamSynchronize(st_.compute));
   }
   uint64_t capacity_bytes() const override { return bytes_; }
   const float* host_keys(int) const override { return nullptr; }
@@ -137,9 +147,21 @@ class CudaDeviceStage final : public DeviceStage {
                                              std::to_string(d_.head_dim) + " above " +
                                              std::to_string(kMaxHeadDim));
     st_.host_io = o.host_io;
-    CUDA_CHECK(cudaStreamCreateWithFlags(&st_.compute, cudaStreamNonBlocking));
+    st_.src_on_host = o.host_io;
+    if (o.stream) {
+      st_.compute = static_cast<cudaStream_t>(o.stream);
+      st_.own_compute = false;
+    } else {
+      CUDA_CHECK(cudaStreamCreateWithFlags(&st_.compute, cudaStreamNonBlocking));
+    }
     CUDA_CHECK(cudaStreamCreateWithFlags(&st_.copy, cudaStreamNonBlocking));
     CUDA_CHECK(cudaEventCreateWithFlags(&st_.copied, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreateWithFlags(&st_.merged, cudaEventDisableTiming));
+    for (int i = 0; i < 2; ++i) {
+      CUDA_CHECK(cudaEventCreateWithFlags(&used_[i], cudaEventDisableTiming));
+      CUDA_CHECK(cudaEventCreateWithFlags(&pf_[i].done, cudaEventDisableTiming));
+    }
+    if (o.reserve_ctx > 0 && o.reserve_sequences > 0) reserve(o);
     CUDA_CHECK(cudaEventCreate(&st_.step_begin));
     CUDA_CHECK(cudaEventCreate(&st_.step_end));
   }
@@ -147,9 +169,19 @@ class CudaDeviceStage final : public DeviceStage {
     (void)cudaStreamSynchronize(st_.compute);
     (void)cudaStreamSynchronize(st_.copy);
     (void)cudaEventDestroy(st_.copied);
+    (void)cudaEventDestroy(st_.merged);
+    for (int i = 0; i < 2; ++i) {
+      (void)cudaEventDestroy(used_[i]);
+      (void)cudaEventDestroy(pf_[i].done);
+    }
+    for (const std::vector<TxEvents>* v : {&tx_pending_, &tx_free_})
+      for (const TxEvents& t : *v) {
+        (void)cudaEventDestroy(t.begin);
+        (void)cudaEventDestroy(t.end);
+      }
     (void)cudaEventDestroy(st_.step_begin);
     (void)cudaEventDestroy(st_.step_end);
-    (void)cudaStreamDestroy(st_.compute);
+    if (st_.own_compute) (void)cudaStreamDestroy(st_.compute);
     (void)cudaStreamDestroy(st_.copy);
   }
   const char* name() const override { return "cuda"; }
@@ -169,9 +201,39 @@ class CudaDeviceStage final : public DeviceStage {
     return scratch.data();
   }
 
+  void from_host(float* dst, const float* src, size_t n) override {
+    if (st_.host_io) {
+      if (dst != src) std::copy_n(src, n, dst);
+      return;
+    }
+    // Pageable source: the call returns once the rows are staged, so src may be reused.
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, st_.compute));
+  }
+
   void decode(int il, const DecodeRow* rows, int n) override;
   ExactResult exact(int il, const ExactBatch& b, bool stream_offloaded) override;
 
+ private:
+  struct TxEvents {
+    cudaEvent_t begin = nullptr, end = nullptr;
+  };
+  // aog's prefetch of one layer's offloaded rows (buffers pk_/pv_ of the layer's parity).
+  struct Prefetch {
+    int layer = -1;  // -1: none queued
+    std::vector<kv::TieredLayerKv*> kv;
+    const uint16_t* k = nullptr;  // the buffer it went into
+    std::vector<int> rows, pitch_rows;
+    cudaEvent_t done = nullptr;
+  };
+  void copy_rows(const kv::TieredLayerKv& kv, int first, int last, int pitch, uint16_t* k_dst,
+                 uint16_t* v_dst, cudaStream_t stream);
+  void remember_and_prefetch(int il, const std::vector<kv::TieredLayerKv*>& distinct,
+                             const int32_t* seq, int n);
+  TxEvents tx_events();
+  double collect_tx();
+  void reserve(const CudaStageOptions& o);
+
+ public:
   void begin_step() override {
     CUDA_CHECK(cudaEventRecord(st_.step_begin, st_.compute));
     timed_ = true;
@@ -203,6 +265,18 @@ class CudaDeviceStage final : public DeviceStage {
   DeviceBuffer seqs_dev_, idx_dev_, pos_dev_, off_k_dev_, off_v_dev_, heavy_dev_;
   std::vector<SeqDesc> seqs_host_;
   std::vector<float> heavy_host_;
+  std::vector<float> host_k_, host_v_;  // device mode: host copies of K/V that skip the window
+  // Full's attention over both tiers: float32 layouts, their slot table, the split-KV workspace.
+  DeviceBuffer lay_k_, lay_v_, slot_ptrs_dev_, work_dev_;
+  DeviceBuffer partials_dev_;  // decode_merge_split's per-chunk (output, max, sum)
+  std::vector<float*> slot_ptrs_host_;
+  // aog: prefetch buffers and state by layer parity; the last reader of each buffer.
+  DeviceBuffer pk_[2], pv_[2];
+  Prefetch pf_[2];
+  cudaEvent_t used_[2] = {nullptr, nullptr};
+  std::vector<std::vector<kv::TieredLayerKv*>> seen_;  // [layer] last aog step's sequences
+  std::vector<std::vector<int32_t>> seen_seq_;         // [layer] their slots, batch order
+  std::vector<TxEvents> tx_pending_, tx_free_;
 };
 
 void CudaDeviceStage::decode(int il, const DecodeRow* rows, int n) {
@@ -229,6 +303,9 @@ void CudaDeviceStage::decode(int il, const DecodeRow* rows, int n) {
                             : nullptr;
   std::vector<size_t> lo_off(n), va_off(n);
   size_t lo = 0, va = 0;
+  // logits_dev_ / values_dev_ are reused by every layer: the previous layer's merge must have
+  // read them before this layer's copies overwrite them.
+  CUDA_CHECK(cudaStreamWaitEvent(st_.copy, st_.merged, 0));
   for (int b = 0; b < n; ++b) {
     const CpuPart& c = rows[b].cpu;
     lo_off[b] = lo;
@@ -298,9 +375,20 @@ void CudaDeviceStage::decode(int il, const DecodeRow* rows, int n) {
   CUDA_CHECK(cudaMemcpyAsync(rd, rows_host_.data(), sizeof(RowDesc) * n, cudaMemcpyHostToDevice,
                              st_.compute));
   CUDA_CHECK(cudaStreamWaitEvent(st_.compute, st_.copied, 0));
-  cuda::decode_merge(rd, n, nh, d_.group(), hd, d_.scale(), st_.compute);
-  bool any_heavy = false;
-  for (int b = 0; b < n; ++b) any_heavy = any_heavy || rows[b].heavy;
+  bool any_heavy = false, logits_given = true;
+  for (int b = 0; b < n; ++b) {
+    any_heavy = any_heavy || rows[b].heavy;
+    logits_given = logits_given && (rows[b].cpu.k == 0 || rows[b].cpu.logits);
+  }
+  if (logits_given) {  // split over chunks of positions, log-sum-exp combine: fills the GPU
+    float* part = static_cast<float*>(partials_dev_.need(
+        cuda::merge_partials_floats(n, nh, hd, max_total) * 4, "decode merge partials"));
+    cuda::decode_merge_split(rd, n, nh, d_.group(), hd, d_.scale(), max_total, part, any_heavy,
+                             st_.compute);
+  } else {
+    cuda::decode_merge(rd, n, nh, d_.group(), hd, d_.scale(), st_.compute);
+  }
+  CUDA_CHECK(cudaEventRecord(st_.merged, st_.compute));
   if (any_heavy) {
     probs_host_.resize(size_t(n) * nh * max_total);
     CUDA_CHECK(cudaMemcpyAsync(probs_host_.data(), scores, probs_host_.size() * 4,
@@ -310,7 +398,8 @@ void CudaDeviceStage::decode(int il, const DecodeRow* rows, int n) {
     for (int b = 0; b < n; ++b)
       CUDA_CHECK(cudaMemcpyAsync(rows[b].out, out + b * q_w, q_w * 4, cudaMemcpyDeviceToHost,
                                  st_.compute));
-  CUDA_CHECK(cudaStreamSynchronize(st_.compute));
+  // Device mode without H2O scores: nothing to wait for (the outputs stay on the device).
+  if (st_.host_io || any_heavy) CUDA_CHECK(cudaStreamSynchronize(st_.compute));
   for (int b = 0; b < n; ++b) {
     const DecodeRow& r = rows[b];
     if (r.heavy) {  // H2O's score: attention mass per position, summed over the group
@@ -333,11 +422,28 @@ void CudaDeviceStage::decode(int il, const DecodeRow* rows, int n) {
       }
       r.heavy->end_update();
     }
-    // The new token enters the window (host_io: from the host row); the oldest leaves it.
-    // (Without host_io, k_new/v_new are device rows; TieredLayerKv::append still writes tokens
-    // that skip the window (window 0) from host memory: that mode is not wired yet.)
-    r.kv->append(1, r.k_new, r.v_new);
+    // The new token enters the window; the oldest leaves it for the host stores (the copy
+    // queued on the compute stream, waited for at the step's end). host_io: from the host row.
+    // Device mode: from the device row, except with window 0, where the token goes straight
+    // to the host stores (TieredLayerKv converts it there), so it comes to the host first.
+    if (!st_.host_io && r.kv->window_budget() == 0) {
+      host_k_.resize(kv_w);
+      host_v_.resize(kv_w);
+      CUDA_CHECK(
+          cudaMemcpyAsync(host_k_.data(), r.k_new, kv_w * 4, cudaMemcpyDeviceToHost, st_.compute));
+      CUDA_CHECK(
+          cudaMemcpyAsync(host_v_.data(), r.v_new, kv_w * 4, cudaMemcpyDeviceToHost, st_.compute));
+      CUDA_CHECK(cudaStreamSynchronize(st_.compute));
+      st_.src_on_host = true;
+      r.kv->append(1, host_k_.data(), host_v_.data());
+    } else {
+      st_.src_on_host = st_.host_io;
+      st_.async_export = !st_.host_io;
+      r.kv->append(1, r.k_new, r.v_new);
+      st_.async_export = false;
+    }
   }
+  st_.src_on_host = st_.host_io;
 }
 
 // Exact attention over both tiers: the tokens are appended first (in bulk), then each
@@ -348,6 +454,22 @@ ExactResult CudaDeviceStage::exact(int il, const ExactBatch& b, bool stream_offl
   ExactResult res;
   const int n = b.n, hd = d_.head_dim, nkv = d_.n_kv_heads, nh = d_.n_heads;
   const int64_t q_w = int64_t(nh) * hd, kv_w = int64_t(nkv) * hd;
+  // Device mode: the step's K/V come to the host once (tokens that skip the window are
+  // converted to bf16 into the host stores there; the window's are copied back up).
+  const float* src_k = b.k;
+  const float* src_v = b.v;
+  if (!st_.host_io) {
+    host_k_.resize(size_t(n) * kv_w);
+    host_v_.resize(size_t(n) * kv_w);
+    CUDA_CHECK(cudaMemcpyAsync(host_k_.data(), b.k, size_t(n) * kv_w * 4, cudaMemcpyDeviceToHost,
+                               st_.compute));
+    CUDA_CHECK(cudaMemcpyAsync(host_v_.data(), b.v, size_t(n) * kv_w * 4, cudaMemcpyDeviceToHost,
+                               st_.compute));
+    CUDA_CHECK(cudaStreamSynchronize(st_.compute));
+    src_k = host_k_.data();
+    src_v = host_v_.data();
+    st_.src_on_host = true;
+  }
   for (int t = 0; t < n;) {
     int e = t + 1;
     while (e < n && b.kv[e] == b.kv[t] && b.pos[e] == b.pos[e - 1] + 1) ++e;
@@ -356,9 +478,10 @@ ExactResult CudaDeviceStage::exact(int il, const ExactBatch& b, bool stream_offl
              "hybrid attention (cuda): sequence " + std::to_string(b.seq[t]) + " holds " +
                  std::to_string(kv.length()) + " tokens, the step appends at " +
                  std::to_string(b.pos[t]));
-    kv.append(e - t, b.k + t * kv_w, b.v + t * kv_w);
+    kv.append(e - t, src_k + t * kv_w, src_v + t * kv_w);
     t = e;
   }
+  st_.src_on_host = st_.host_io;
   std::vector<kv::TieredLayerKv*> distinct;
   std::vector<int32_t> idx(n);
   for (int t = 0; t < n; ++t) {
@@ -366,7 +489,7 @@ ExactResult CudaDeviceStage::exact(int il, const ExactBatch& b, bool stream_offl
     idx[t] = int32_t(it - distinct.begin());
     if (it == distinct.end()) distinct.push_back(b.kv[t]);
   }
-  // Offloaded K/V of every distinct sequence, one device buffer each for K and V.
+  // Offloaded K/V of every distinct sequence on the device, bf16 [n_kv_heads, n_off, hd] each.
   size_t off_rows = 0, heavy_n = 0;
   int max_len = 1;
   for (kv::TieredLayerKv* kv : distinct) {
@@ -382,19 +505,30 @@ ExactResult CudaDeviceStage::exact(int il, const ExactBatch& b, bool stream_offl
     heavy_off[s] = heavy_n;
     if (heavy_of[s]) heavy_n += size_t(nkv) * distinct[s]->length();
   }
+  // aog decode: layer il's rows were prefetched on the copy stream while layer il-1 ran, into
+  // the buffer of il's parity (pf_); only the rows appended since (this step's tokens) remain.
+  const bool aog = stream_offloaded && n == int(distinct.size());
+  const int par = il % 2;
+  DeviceBuffer& kbuf = aog ? pk_[par] : off_k_dev_;
+  DeviceBuffer& vbuf = aog ? pv_[par] : off_v_dev_;
   uint16_t* ok = static_cast<uint16_t*>(
-      off_k_dev_.need(std::max<size_t>(off_rows, 1) * kv_w * 2, "offloaded keys on the device"));
+      kbuf.need(std::max<size_t>(off_rows, 1) * kv_w * 2, "offloaded keys on the device"));
   uint16_t* ov = static_cast<uint16_t*>(
-      off_v_dev_.need(std::max<size_t>(off_rows, 1) * kv_w * 2, "offloaded values on the device"));
+      vbuf.need(std::max<size_t>(off_rows, 1) * kv_w * 2, "offloaded values on the device"));
+  Prefetch& pf = pf_[par];
+  bool prefetched = aog && pf.layer == il && pf.kv == distinct && pf.k == ok;
+  if (prefetched)
+    for (size_t s = 0; s < distinct.size() && prefetched; ++s)
+      prefetched = distinct[s]->n_offloaded() == pf.pitch_rows[s];
+  // A prefetch queued into this buffer is waited for even when it cannot be used (the copies
+  // below would race with it).
+  if (aog && pf.layer == il) CUDA_CHECK(cudaStreamWaitEvent(st_.compute, pf.done, 0));
+  pf.layer = -1;
   float* heavy =
       any_heavy ? static_cast<float*>(heavy_dev_.need(heavy_n * 4, "H2O scores")) : nullptr;
   if (heavy) CUDA_CHECK(cudaMemsetAsync(heavy, 0, heavy_n * 4, st_.compute));
-  cudaEvent_t t0 = nullptr, t1 = nullptr;
-  if (stream_offloaded) {
-    CUDA_CHECK(cudaEventCreate(&t0));
-    CUDA_CHECK(cudaEventCreate(&t1));
-    CUDA_CHECK(cudaEventRecord(t0, st_.compute));
-  }
+  TxEvents tx = tx_events();
+  CUDA_CHECK(cudaEventRecord(tx.begin, st_.compute));
   seqs_host_.resize(distinct.size());
   size_t row = 0;
   for (size_t s = 0; s < distinct.size(); ++s) {
@@ -403,16 +537,13 @@ ExactResult CudaDeviceStage::exact(int il, const ExactBatch& b, bool stream_offl
     SeqDesc& x = seqs_host_[s];
     x.ok = ok + row * kv_w;
     x.ov = ov + row * kv_w;
-    if (n_off > 0) {
-      const size_t width = size_t(n_off) * hd * 2;
-      const size_t src_pitch = size_t(kv.key_store().head_stride()) * 2;
-      CUDA_CHECK(cudaMemcpy2DAsync(const_cast<uint16_t*>(x.ok), width, kv.key_store().data(),
-                                   src_pitch, width, nkv, cudaMemcpyHostToDevice, st_.compute));
-      CUDA_CHECK(cudaMemcpy2DAsync(const_cast<uint16_t*>(x.ov), width, kv.value_store().data(),
-                                   size_t(kv.value_store().head_stride()) * 2, width, nkv,
-                                   cudaMemcpyHostToDevice, st_.compute));
-      if (stream_offloaded) res.bytes_moved += uint64_t(n_off) * kv_w * 2;
+    const int first = prefetched ? pf.rows[s] : 0;  // rows already on the device
+    if (n_off > first) {
+      copy_rows(kv, first, n_off, n_off, const_cast<uint16_t*>(x.ok), const_cast<uint16_t*>(x.ov),
+                st_.compute);
     }
+    // Counted as the CPU device stage counts them (n_off x n_kv_heads x head_dim x 2 bytes).
+    if (stream_offloaded) res.bytes_moved += uint64_t(n_off) * kv_w * 2;
     row += size_t(n_off);
     const CudaWindowStore* w = cuda_window(kv);
     x.wk = w ? w->device_keys() : nullptr;
@@ -423,9 +554,11 @@ ExactResult CudaDeviceStage::exact(int il, const ExactBatch& b, bool stream_offl
     x.len = kv.length();
     x.heavy = heavy_of[s] ? heavy + heavy_off[s] : nullptr;
   }
-  if (stream_offloaded) {
-    CUDA_CHECK(cudaEventRecord(t1, st_.compute));
-  }
+  CUDA_CHECK(cudaEventRecord(tx.end, st_.compute));
+  if (stream_offloaded)
+    tx_pending_.push_back(tx);
+  else
+    tx_free_.push_back(tx);
   SeqDesc* sd =
       static_cast<SeqDesc*>(seqs_dev_.need(sizeof(SeqDesc) * distinct.size(), "exact seqs"));
   CUDA_CHECK(cudaMemcpyAsync(sd, seqs_host_.data(), sizeof(SeqDesc) * distinct.size(),
@@ -443,16 +576,49 @@ ExactResult CudaDeviceStage::exact(int il, const ExactBatch& b, bool stream_offl
     q = qd;
     out = static_cast<float*>(out_dev_.need(size_t(n) * q_w * 4, "exact out"));
   }
-  // Scores scratch [tokens, n_heads, max_len]: tokens in groups that keep it under 256 MiB.
-  const size_t per_token = size_t(nh) * max_len * 4;
-  const int group_tokens = int(std::max<size_t>(1, (size_t(256) << 20) / per_token));
-  float* scores = static_cast<float*>(
-      scores_dev_.need(per_token * size_t(std::min(n, group_tokens)), "exact attention scores"));
-  for (int t0i = 0; t0i < n; t0i += group_tokens) {
-    const int nt = std::min(group_tokens, n - t0i);
-    cuda::exact_attention_tiers(sd, id + t0i, pd + t0i, q + int64_t(t0i) * q_w,
-                                out + int64_t(t0i) * q_w, scores, max_len, nt, nh, d_.group(), hd,
-                                d_.scale(), d_.sliding_window, st_.compute);
+  {
+    // Full's attention (cuda::attention: tiled prefill, split-KV decode) over both tiers laid
+    // out as float32 in position order, the layout full attention keeps: prefill and aog run at
+    // full's speed. [n_seqs][n_kv_heads, max_len, hd] float32 for K and for V.
+    const int64_t seq_stride = int64_t(nkv) * max_len * hd;
+    const size_t lay = size_t(distinct.size()) * seq_stride * 4;
+    float* lk = static_cast<float*>(lay_k_.need(lay, "exact attention's float32 K layout"));
+    float* lv = static_cast<float*>(lay_v_.need(lay, "exact attention's float32 V layout"));
+    cuda::tiers_to_f32(sd, int(distinct.size()), max_len, nkv, hd, max_len, seq_stride, lk, lv,
+                       st_.compute);
+    slot_ptrs_host_.resize(2 * distinct.size());
+    for (size_t s = 0; s < distinct.size(); ++s) {
+      slot_ptrs_host_[s] = lk + s * seq_stride;
+      slot_ptrs_host_[distinct.size() + s] = lv + s * seq_stride;
+    }
+    float** slots = static_cast<float**>(
+        slot_ptrs_dev_.need(sizeof(float*) * slot_ptrs_host_.size(), "exact attention slots"));
+    CUDA_CHECK(cudaMemcpyAsync(slots, slot_ptrs_host_.data(),
+                               sizeof(float*) * slot_ptrs_host_.size(), cudaMemcpyHostToDevice,
+                               st_.compute));
+    const size_t wb = cuda::attention_workspace_bytes(n, nh, nkv, hd, max_len);
+    void* work = wb ? work_dev_.need(wb, "attention workspace") : nullptr;
+    cuda::attention(q, q_w, n, nh, nkv, hd, id, pd, slots, slots + distinct.size(), 0, max_len,
+                    d_.scale(), d_.sliding_window, work, wb, out, st_.compute);
+  }
+  if (any_heavy) {
+    // H2O needs each position's attention mass: the scoring kernel, without its value pass
+    // (the output came from full's kernels above). Scores scratch [tokens, n_heads, max_len]:
+    // tokens in groups that keep it under 256 MiB.
+    const size_t per_token = size_t(nh) * max_len * 4;
+    const int group_tokens = int(std::max<size_t>(1, (size_t(256) << 20) / per_token));
+    float* scores = static_cast<float*>(
+        scores_dev_.need(per_token * size_t(std::min(n, group_tokens)), "exact attention scores"));
+    for (int t0i = 0; t0i < n; t0i += group_tokens) {
+      const int nt = std::min(group_tokens, n - t0i);
+      cuda::exact_attention_tiers(sd, id + t0i, pd + t0i, q + int64_t(t0i) * q_w, nullptr, scores,
+                                  max_len, nt, nh, d_.group(), hd, d_.scale(), d_.sliding_window,
+                                  st_.compute);
+    }
+  }
+  if (aog) {
+    CUDA_CHECK(cudaEventRecord(used_[par], st_.compute));
+    remember_and_prefetch(il, distinct, b.seq, n);
   }
   if (st_.host_io)
     CUDA_CHECK(
@@ -462,14 +628,9 @@ ExactResult CudaDeviceStage::exact(int il, const ExactBatch& b, bool stream_offl
     CUDA_CHECK(cudaMemcpyAsync(heavy_host_.data(), heavy, heavy_n * 4, cudaMemcpyDeviceToHost,
                                st_.compute));
   }
-  CUDA_CHECK(cudaStreamSynchronize(st_.compute));
-  if (stream_offloaded) {
-    float ms = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
-    res.t_tx = double(ms) * 1e-3;
-    (void)cudaEventDestroy(t0);
-    (void)cudaEventDestroy(t1);
-  }
+  // Device mode without H2O scores: the outputs stay on the device, nothing to wait for.
+  if (st_.host_io || heavy) CUDA_CHECK(cudaStreamSynchronize(st_.compute));
+  res.t_tx = collect_tx();
   for (size_t s = 0; s < distinct.size(); ++s) {
     if (!heavy_of[s]) continue;
     const int len = distinct[s]->length();
@@ -484,6 +645,129 @@ ExactResult CudaDeviceStage::exact(int il, const ExactBatch& b, bool stream_offl
     heavy_of[s]->end_update();
   }
   return res;
+}
+
+// Rows [first, last) of a sequence's host stores into a device copy laid out [n_kv_heads, pitch
+// rows, hd] (one 2-D copy each for K and V: the stores are [n_kv_heads, capacity, hd]).
+void CudaDeviceStage::copy_rows(const kv::TieredLayerKv& kv, int first, int last, int pitch,
+                                uint16_t* k_dst, uint16_t* v_dst, cudaStream_t stream) {
+  const int hd = d_.head_dim, nkv = d_.n_kv_heads;
+  const size_t width = size_t(last - first) * hd * 2, dpitch = size_t(pitch) * hd * 2;
+  const size_t off = size_t(first) * hd;
+  CUDA_CHECK(cudaMemcpy2DAsync(k_dst + off, dpitch, kv.key_store().data() + off,
+                               size_t(kv.key_store().head_stride()) * 2, width, nkv,
+                               cudaMemcpyHostToDevice, stream));
+  CUDA_CHECK(cudaMemcpy2DAsync(v_dst + off, dpitch, kv.value_store().data() + off,
+                               size_t(kv.value_store().head_stride()) * 2, width, nkv,
+                               cudaMemcpyHostToDevice, stream));
+}
+
+// aog: remembers layer il's sequences, then queues layer il+1's offloaded rows (those stored now;
+// its append of this step's tokens comes later) on the copy stream into il+1's parity buffer,
+// laid out for the row counts it will have after the append (one token per sequence). Layer
+// il+1's tiers are the ones seen at il+1 in the previous step when the sequences are the same.
+void CudaDeviceStage::remember_and_prefetch(int il, const std::vector<kv::TieredLayerKv*>& distinct,
+                                            const int32_t* seq, int n) {
+  if (int(seen_.size()) < d_.n_layers) {
+    seen_.resize(d_.n_layers);
+    seen_seq_.resize(d_.n_layers);
+  }
+  seen_[il] = distinct;
+  seen_seq_[il].assign(seq, seq + n);
+  const int next = il + 1;
+  if (next >= d_.n_layers || seen_seq_[next] != seen_seq_[il]) return;
+  const std::vector<kv::TieredLayerKv*>& kvs = seen_[next];
+  const int par = next % 2;
+  const int64_t kv_w = int64_t(d_.n_kv_heads) * d_.head_dim;
+  size_t rows = 0;
+  for (kv::TieredLayerKv* kv : kvs) rows += size_t(kv->n_offloaded()) + 1;
+  uint16_t* ok = static_cast<uint16_t*>(pk_[par].need(rows * kv_w * 2, "aog prefetch (keys)"));
+  uint16_t* ov = static_cast<uint16_t*>(pv_[par].need(rows * kv_w * 2, "aog prefetch (values)"));
+  Prefetch& pf = pf_[par];
+  pf.kv = kvs;
+  pf.k = ok;
+  pf.rows.resize(kvs.size());
+  pf.pitch_rows.resize(kvs.size());
+  // The buffer's last reader was layer next-2's attention.
+  CUDA_CHECK(cudaStreamWaitEvent(st_.copy, used_[par], 0));
+  TxEvents tx = tx_events();
+  CUDA_CHECK(cudaEventRecord(tx.begin, st_.copy));
+  size_t row = 0;
+  for (size_t s = 0; s < kvs.size(); ++s) {
+    const int now = kvs[s]->n_offloaded(), pitch = now + 1;
+    pf.rows[s] = now;
+    pf.pitch_rows[s] = pitch;
+    if (now > 0) copy_rows(*kvs[s], 0, now, pitch, ok + row * kv_w, ov + row * kv_w, st_.copy);
+    row += size_t(pitch);
+  }
+  CUDA_CHECK(cudaEventRecord(tx.end, st_.copy));
+  CUDA_CHECK(cudaEventRecord(pf.done, st_.copy));
+  tx_pending_.push_back(tx);
+  pf.layer = next;
+}
+
+// Every buffer a step can need at the largest context and batch, once (CudaStageOptions).
+void CudaDeviceStage::reserve(const CudaStageOptions& o) {
+  const size_t ctx = size_t(o.reserve_ctx), seqs = size_t(o.reserve_sequences);
+  const size_t kv_w = size_t(d_.n_kv_heads) * d_.head_dim, nh = size_t(d_.n_heads);
+  // decode: the CPU parts' logits [rows, n_heads, k] and V rows [rows, n_kv_heads, k, hd],
+  // k < ctx; the scores [rows, n_heads, k + window + 1].
+  logits_dev_.need(seqs * nh * ctx * 4, "the CPU stage's logits");
+  values_dev_.need(seqs * kv_w * ctx * 2, "the CPU stage's V rows");
+  scores_dev_.need(seqs * nh * (ctx + 1) * 4, "decode attention scores");
+  rows_dev_.need(sizeof(RowDesc) * seqs, "decode rows");
+  partials_dev_.need(
+      cuda::merge_partials_floats(o.reserve_sequences, d_.n_heads, d_.head_dim, o.reserve_ctx + 1) *
+          4,
+      "decode merge partials");
+  // exact attention: the offloaded rows (bf16), the float32 layout, the split-KV workspace.
+  off_k_dev_.need(seqs * ctx * kv_w * 2, "offloaded keys on the device");
+  off_v_dev_.need(seqs * ctx * kv_w * 2, "offloaded values on the device");
+  lay_k_.need(seqs * ctx * kv_w * 4, "exact attention's float32 K layout");
+  lay_v_.need(seqs * ctx * kv_w * 4, "exact attention's float32 V layout");
+  slot_ptrs_dev_.need(sizeof(float*) * 2 * seqs, "exact attention slots");
+  seqs_dev_.need(sizeof(SeqDesc) * seqs, "exact seqs");
+  size_t wb = 0;
+  for (int n = 1; n <= std::min(64, o.reserve_sequences); ++n)
+    wb = std::max(wb, cuda::attention_workspace_bytes(n, d_.n_heads, d_.n_kv_heads, d_.head_dim,
+                                                      o.reserve_ctx));
+  if (wb) work_dev_.need(wb, "attention workspace");
+  if (o.aog)
+    for (int i = 0; i < 2; ++i) {
+      pk_[i].need(seqs * ctx * kv_w * 2, "aog prefetch (keys)");
+      pv_[i].need(seqs * ctx * kv_w * 2, "aog prefetch (values)");
+    }
+}
+
+CudaDeviceStage::TxEvents CudaDeviceStage::tx_events() {
+  if (!tx_free_.empty()) {
+    TxEvents t = tx_free_.back();
+    tx_free_.pop_back();
+    return t;
+  }
+  TxEvents t;
+  CUDA_CHECK(cudaEventCreate(&t.begin));
+  CUDA_CHECK(cudaEventCreate(&t.end));
+  return t;
+}
+
+// T_tx of aog: the copies' device time (events on the stream that ran them), counted once they
+// have completed (a copy still in flight is counted by a later call).
+double CudaDeviceStage::collect_tx() {
+  double sec = 0;
+  for (size_t i = 0; i < tx_pending_.size();) {
+    if (cudaEventQuery(tx_pending_[i].end) != cudaSuccess) {
+      (void)cudaGetLastError();  // cudaErrorNotReady is not an error here
+      ++i;
+      continue;
+    }
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, tx_pending_[i].begin, tx_pending_[i].end));
+    sec += double(ms) * 1e-3;
+    tx_free_.push_back(tx_pending_[i]);
+    tx_pending_.erase(tx_pending_.begin() + long(i));
+  }
+  return sec;
 }
 
 }  // namespace

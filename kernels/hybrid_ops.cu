@@ -176,6 +176,7 @@ __global__ void __launch_bounds__(kThreads)
     sc[j] *= inv;
     if (s.heavy) atomicAdd(s.heavy + int64_t(h) * s.len + lo + j, sc[j]);
   }
+  if (!out_all) return;  // scores and H2O mass only (the output comes from full's kernels)
   __syncthreads();
   float* o = out_all + (int64_t(t) * n_heads + qh) * hd;
   for (int d = threadIdx.x; d < hd; d += blockDim.x) {
@@ -190,7 +191,147 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// grid (n_heads, n_rows, chunks): chunk blockIdx.z of row blockIdx.y, query head blockIdx.x.
+// Position j of the row's [CPU part k | window nw | new token]: its score (the CPU part's logit,
+// the ring's key or the new key against q) goes to scores; the block's max, sum of exponentials
+// and unnormalised output over its positions go to partials [n_rows, n_heads, chunks, hd + 2].
+__global__ void __launch_bounds__(kThreads)
+    merge_chunk_kernel(const RowDesc* __restrict__ rows, int group, int hd, float scale, int chunks,
+                       float* __restrict__ partials) {
+  const RowDesc r = rows[blockIdx.y];
+  const int qh = blockIdx.x, h = qh / group, c = blockIdx.z;
+  const int total = r.k + r.nw + 1;
+  const int begin = c * kMergeChunk, end = min(total, begin + kMergeChunk);
+  float* part = partials + ((int64_t(blockIdx.y) * gridDim.x + qh) * chunks + c) * (hd + 2);
+  if (begin >= total) return;  // the combine reads only the row's own chunks
+  __shared__ float q[kMaxHeadDim];
+  __shared__ float e[kMergeChunk];
+  __shared__ float red[33];
+  for (int i = threadIdx.x; i < hd; i += blockDim.x) q[i] = r.q[int64_t(qh) * hd + i];
+  __syncthreads();
+  float* sc = r.scores + int64_t(qh) * r.score_stride;
+  const int warp = threadIdx.x / kWarp, n_warps = blockDim.x / kWarp;
+  for (int j = begin + warp; j < end; j += n_warps) {
+    float s;
+    if (j < r.k) {
+      s = r.cpu_logits[int64_t(qh) * r.k + j];
+    } else if (j < r.k + r.nw) {
+      const int i = j - r.k, slot = (r.first_slot + i) % r.cap;
+      s = warp_dot_bf16(q, r.wk + (int64_t(h) * r.cap + slot) * hd, hd) * scale;
+      if (r.n_off + i < r.lo_pos) s = -INFINITY;
+    } else {
+      s = warp_dot_f32(q, r.k_new + int64_t(h) * hd, hd) * scale;
+    }
+    if (threadIdx.x % kWarp == 0) {
+      sc[j] = s;
+      e[j - begin] = s;
+    }
+  }
+  __syncthreads();
+  float m = -INFINITY;
+  for (int j = threadIdx.x; j < end - begin; j += blockDim.x) m = fmaxf(m, e[j]);
+  m = block_max(m, red);
+  float l = 0.f;
+  for (int j = threadIdx.x; j < end - begin; j += blockDim.x) {
+    const float x = m == -INFINITY ? 0.f : __expf(e[j] - m);
+    e[j] = x;
+    l += x;
+  }
+  l = block_sum(l, red);  // synchronizes: every e[j] written
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float o = 0.f;
+    for (int j = begin; j < end; ++j) {
+      float v;
+      if (j < r.k)
+        v = bf16_bits_to_f32(r.cpu_values[(int64_t(h) * r.k + j) * hd + d]);
+      else if (j < r.k + r.nw)
+        v = bf16_bits_to_f32(
+            r.wv[(int64_t(h) * r.cap + (r.first_slot + j - r.k) % r.cap) * hd + d]);
+      else
+        v = r.v_new[int64_t(h) * hd + d];
+      o += e[j - begin] * v;
+    }
+    part[d] = o;
+  }
+  if (threadIdx.x == 0) {
+    part[hd] = m;
+    part[hd + 1] = l;
+  }
+}
+
+// grid (n_heads, n_rows): the log-sum-exp combine of the row's chunks; probabilities on request.
+__global__ void __launch_bounds__(kThreads)
+    merge_combine_kernel(const RowDesc* __restrict__ rows, int hd, int chunks,
+                         const float* __restrict__ partials, bool write_probs) {
+  const RowDesc r = rows[blockIdx.y];
+  const int qh = blockIdx.x;
+  const int total = r.k + r.nw + 1;
+  const int n_chunks = (total + kMergeChunk - 1) / kMergeChunk;
+  const float* part = partials + (int64_t(blockIdx.y) * gridDim.x + qh) * chunks * (hd + 2);
+  float M = -INFINITY;
+  for (int c = 0; c < n_chunks; ++c) M = fmaxf(M, part[c * (hd + 2) + hd]);
+  float L = 0.f;
+  for (int c = 0; c < n_chunks; ++c) {
+    const float mc = part[c * (hd + 2) + hd];
+    if (mc != -INFINITY) L += part[c * (hd + 2) + hd + 1] * __expf(mc - M);
+  }
+  const float inv = 1.f / L;
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float o = 0.f;
+    for (int c = 0; c < n_chunks; ++c) {
+      const float mc = part[c * (hd + 2) + hd];
+      if (mc != -INFINITY) o += part[c * (hd + 2) + d] * __expf(mc - M);
+    }
+    r.out[int64_t(qh) * hd + d] = o * inv;
+  }
+  if (write_probs) {
+    float* sc = r.scores + int64_t(qh) * r.score_stride;
+    for (int j = threadIdx.x; j < total; j += blockDim.x) sc[j] = __expf(sc[j] - M) * inv;
+  }
+}
+
+// grid (blocks, n_seqs): sequence blockIdx.y's positions [0, len) of every KV head.
+__global__ void tiers_to_f32_kernel(const SeqDesc* __restrict__ seqs, int n_kv_heads, int hd,
+                                    int capacity, int64_t seq_stride, float* __restrict__ k_dst,
+                                    float* __restrict__ v_dst) {
+  const SeqDesc sd = seqs[blockIdx.y];
+  const int64_t total = int64_t(n_kv_heads) * sd.len * hd;
+  float* kd = k_dst + int64_t(blockIdx.y) * seq_stride;
+  float* vd = v_dst + int64_t(blockIdx.y) * seq_stride;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const int d = int(e % hd);
+    const int p = int((e / hd) % sd.len);
+    const int h = int(e / (int64_t(hd) * sd.len));
+    int64_t src;
+    const uint16_t *ks, *vs;
+    if (p < sd.n_off) {
+      src = (int64_t(h) * sd.n_off + p) * hd + d;
+      ks = sd.ok;
+      vs = sd.ov;
+    } else {
+      const int slot = (sd.first_slot + p - sd.n_off) % sd.cap;
+      src = (int64_t(h) * sd.cap + slot) * hd + d;
+      ks = sd.wk;
+      vs = sd.wv;
+    }
+    const int64_t dst = (int64_t(h) * capacity + p) * hd + d;
+    kd[dst] = bf16_bits_to_f32(ks[src]);
+    vd[dst] = bf16_bits_to_f32(vs[src]);
+  }
+}
+
 }  // namespace
+
+void tiers_to_f32(const SeqDesc* seqs, int n_seqs, int max_len, int n_kv_heads, int hd,
+                  int capacity, int64_t seq_stride, float* k_dst, float* v_dst, Stream stream) {
+  if (n_seqs <= 0 || max_len <= 0) return;
+  const int64_t per_seq = int64_t(n_kv_heads) * max_len * hd;
+  const int blocks = int(std::min<int64_t>((per_seq + 255) / 256, 4096));
+  tiers_to_f32_kernel<<<dim3(blocks, n_seqs), 256, 0, stream>>>(seqs, n_kv_heads, hd, capacity,
+                                                                seq_stride, k_dst, v_dst);
+  CUDA_CHECK_LAUNCH();
+}
 
 void window_write(const float* k, const float* v, int n, int n_kv_heads, int hd, int cap, int slot,
                   uint16_t* wk, uint16_t* wv, Stream stream) {
@@ -205,6 +346,24 @@ void decode_merge(const RowDesc* rows, int n_rows, int n_heads, int group, int h
                   Stream stream) {
   if (n_rows == 0) return;
   decode_merge_kernel<<<dim3(n_heads, n_rows), kThreads, 0, stream>>>(rows, group, hd, scale);
+  CUDA_CHECK_LAUNCH();
+}
+
+size_t merge_partials_floats(int n_rows, int n_heads, int hd, int max_total) {
+  const int chunks = (std::max(max_total, 1) + kMergeChunk - 1) / kMergeChunk;
+  return size_t(n_rows) * n_heads * chunks * (hd + 2);
+}
+
+void decode_merge_split(const RowDesc* rows, int n_rows, int n_heads, int group, int hd,
+                        float scale, int max_total, float* partials, bool write_probs,
+                        Stream stream) {
+  if (n_rows == 0) return;
+  const int chunks = (std::max(max_total, 1) + kMergeChunk - 1) / kMergeChunk;
+  merge_chunk_kernel<<<dim3(n_heads, n_rows, chunks), kThreads, 0, stream>>>(rows, group, hd, scale,
+                                                                             chunks, partials);
+  CUDA_CHECK_LAUNCH();
+  merge_combine_kernel<<<dim3(n_heads, n_rows), kThreads, 0, stream>>>(rows, hd, chunks, partials,
+                                                                       write_probs);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -54,9 +54,22 @@ void window_write(const float* k,  // [n, n_kv_heads, hd]
 void decode_merge(const RowDesc* rows, int n_rows, int n_heads, int group, int hd, float scale,
                   Stream stream);
 
+// The same merge split over the kept positions (FlashDecoding-style): grid (n_heads, n_rows,
+// chunks of kMergeChunk positions of [CPU part k | window nw | new token]); each block writes
+// its chunk's raw scores to the row's scores, its (max, sum) and unnormalised output to
+// `partials`; a second kernel combines the chunks (log-sum-exp) into out and, when
+// write_probs, turns the scores into the probabilities decode_merge leaves. Needs every row's
+// cpu_logits when k > 0. partials: merge_partials_floats(n_rows, n_heads, hd, max_total) floats.
+constexpr int kMergeChunk = 256;
+size_t merge_partials_floats(int n_rows, int n_heads, int hd, int max_total);
+void decode_merge_split(const RowDesc* rows, int n_rows, int n_heads, int group, int hd,
+                        float scale, int max_total, float* partials, bool write_probs,
+                        Stream stream);
+
 // Exact attention over both tiers: token t (sequence seqs[seq_index[t]], position pos[t])
 // attends to [lo, pos] (lo from the sliding window); offloaded positions from ok/ov, window
-// positions from the ring; H2O mass added to seq.heavy when set (atomicAdd).
+// positions from the ring; H2O mass added to seq.heavy when set (atomicAdd). out == nullptr:
+// the scores and the mass only (no value pass).
 void exact_attention_tiers(const SeqDesc* seqs,       // [n_seqs]
                            const int32_t* seq_index,  // [n_tokens]
                            const int32_t* pos,        // [n_tokens]
@@ -66,5 +79,14 @@ void exact_attention_tiers(const SeqDesc* seqs,       // [n_seqs]
                            int64_t score_stride,      // >= the longest attended span
                            int n_tokens, int n_heads, int group, int hd, float scale,
                            int sliding_window, Stream stream);
+
+// Both tiers of each sequence as contiguous float32 K/V in position order, the layout the CUDA
+// backend's full attention reads (cuda::attention with layer 0): sequence s's KV head h,
+// position p at k_dst + s * seq_stride + (h * capacity + p) * hd, for p < seqs[s].len
+// (offloaded positions widened from ok/ov, window positions from the ring).
+// PRECOND: seqs[s].len <= capacity; seq_stride >= n_kv_heads * capacity * hd.
+void tiers_to_f32(const SeqDesc* seqs,  // [n_seqs] device
+                  int n_seqs, int max_len, int n_kv_heads, int hd, int capacity, int64_t seq_stride,
+                  float* k_dst, float* v_dst, Stream stream);
 
 }  // namespace hybridgen::cuda

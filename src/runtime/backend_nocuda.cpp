@@ -11,7 +11,21 @@ bool cuda_available(std::string* why) {
   return false;
 }
 
-std::unique_ptr<Backend> make_cuda_backend(const ModelConfig&, const ModelWeights&, int, int) {
+std::unique_ptr<Backend> make_cuda_backend(const ModelConfig&, const ModelWeights&, int, int,
+                                           const CudaBackendOptions&) {
+  std::string why;
+  cuda_available(&why);
+  fail("--device cuda: " + why);
+}
+
+runtime::DeviceBudget cuda_device_budget(const ModelConfig&, const ModelWeights&, int, int,
+                                         uint64_t) {
+  std::string why;
+  cuda_available(&why);
+  fail("--device cuda: " + why);
+}
+
+std::unique_ptr<memory::HostAllocator> make_cuda_pinned_allocator() {
   std::string why;
   cuda_available(&why);
   fail("--device cuda: " + why);

@@ -16,7 +16,8 @@
 //
 // host_io: the runtime's q/k/v/out and layer inputs are HOST pointers (the CPU Transformer
 // drives the stage; the tests compare it with CpuDeviceStage layer by layer): the stage copies
-// them in and out. Without host_io they are device pointers (a CUDA forward pass; not wired yet).
+// them in and out. Without host_io they are device pointers: the CUDA backend's forward pass
+// (kernels/cuda_backend.cpp) on its own stream (CudaStageOptions::stream).
 #pragma once
 #include <memory>
 #include <string>
@@ -28,6 +29,16 @@ namespace hybridgen::runtime {
 
 struct CudaStageOptions {
   bool host_io = true;
+  // The CUDA backend's stream (a cudaStream_t), used as the stage's compute stream so that the
+  // stage's kernels and copies are ordered with the layers' (not owned). Null: the stage makes
+  // its own.
+  void* stream = nullptr;
+  // > 0: the decode and exact-attention buffers are allocated once, at construction, for this
+  // context and batch (no allocation inside a step; H2O's scores excepted), aog's prefetch
+  // buffers too when `aog`. 0: grown on demand.
+  int reserve_ctx = 0;
+  int reserve_sequences = 0;
+  bool aog = false;
 };
 
 // True when this build has the CUDA device stage and a GPU that runs its kernels.

@@ -3,6 +3,7 @@
 // and throws if called. Callers check hybridgen::cuda_available() first.
 #ifndef HYBRIDGEN_WITH_CUDA
 #include "../../kernels/ops_api.h"
+#include "../../kernels/sampling.h"
 #include "util/check.h"
 
 namespace hybridgen::cuda {
@@ -56,6 +57,12 @@ void attention(const float*, int64_t, int, int, int, int, const int32_t*, const 
   no_cuda("attention");
 }
 void argmax(const float*, int, int, int32_t*, Stream) { no_cuda("argmax"); }
+
+size_t sampling_workspace_bytes(int, int) { no_cuda("sampling_workspace_bytes"); }
+void sample(const float*, int, int, const DeviceSampling&, const double*, void*, size_t, int32_t*,
+            Stream) {
+  no_cuda("sample");
+}
 
 }  // namespace hybridgen::cuda
 #endif

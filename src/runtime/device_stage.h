@@ -19,6 +19,7 @@
 // Pointers named "device" are in the backend's memory (host memory on the CPU backend); pointers
 // named "host" are ordinary host memory (pinned on a GPU).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -101,6 +102,11 @@ class DeviceStage {
   // the true query for its synchronous mode). The CPU backend returns src itself; a GPU copies
   // into `scratch` (pinned) and returns it. Valid until the next call with the same scratch.
   virtual const float* to_host(const float* src, size_t n, std::vector<float>& scratch) = 0;
+  // The reverse: n floats of host memory into device memory at dst (aoc's result, computed on
+  // the CPU). The CPU backend copies unless dst is src.
+  virtual void from_host(float* dst, const float* src, size_t n) {
+    if (dst != src) std::copy_n(src, n, dst);
+  }
 
   // Decode attention of one layer for every row (one token per sequence): the window's logits
   // and the new token's, concatenated with the CPU part's logits (or, when the part carries K

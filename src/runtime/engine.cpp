@@ -39,6 +39,15 @@ struct Engine::Impl {
   memory::NumaAllocator* numa_alloc = nullptr;  // host_alloc when it is a NUMA allocator
   std::unique_ptr<runtime::HybridAttention> hybrid;
   int max_sequences = 1;
+  // The runtime's stats and scheduler: the CPU backend's (hybrid) or the CUDA backend's own.
+  runtime::HybridRuntime* runtime() const {
+    if (hybrid) return hybrid.get();
+    return model ? model->hybrid_runtime() : nullptr;
+  }
+  ~Impl() {  // the runtimes free their host stores into host_alloc: they go first
+    hybrid.reset();
+    model.reset();
+  }
 
   const Tokenizer& tok() const {
     HG_CHECK(tokenizer, info.source +
@@ -129,31 +138,56 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& o) {
   im.cache = std::make_unique<kv::KvCacheManager>(kv::KvShape{c.n_layers, c.n_kv_heads, c.head_dim},
                                                   n_ctx, o.max_sequences);
   info.kv_bytes_per_token = im.cache->bytes_per_token();
-  const runtime::Policy policy = runtime::parse_policy(o.attention.policy);
+  HG_CHECK(o.device == "cpu" || o.device == "cuda",
+           "unknown device '" + o.device + "' (the --device flag: cpu or cuda)");
+  // --policy auto (the default on --device cuda): full while the whole context's KV of every
+  // sequence fits in the device's free memory beside the weights and activations, else hybrid
+  // with the largest window that fits (--gpu-memory-mb caps the KV's device memory).
+  AttentionOptions att = o.attention;
+  if (att.policy.empty()) att.policy = o.device == "cuda" ? "auto" : "full";
+  if (att.policy == "auto") {
+    if (o.device == "cuda") {
+      const runtime::DeviceBudget b =
+          cuda_device_budget(c, m.weights, n_ctx, o.max_sequences,
+                             static_cast<uint64_t>(std::max(0.0, att.device_memory_mb) * 1e6));
+      const runtime::AutoChoice choice = runtime::choose_auto_policy(b);
+      att.policy = runtime::policy_name(choice.policy);
+      if (choice.policy != runtime::Policy::kFull) att.window = choice.window;
+      log().info("--policy auto chose {}: {}", att.policy, choice.reason);
+    } else {
+      att.policy = "full";
+      log().info("--policy auto on --device cpu: full (host memory holds the whole KV)");
+    }
+  }
+  const runtime::Policy policy = runtime::parse_policy(att.policy);
+  const int threads = o.n_threads > 0 ? o.n_threads : omp_get_max_threads();
+  // The hybrid runtime's host memory: plain (pinned on a GPU) or a NUMA placement policy.
+  auto make_host_alloc = [&](bool pinned) {
+    const AttentionOptions& a = att;
+    if (a.kv_memory == "plain") {
+      im.host_alloc = pinned ? make_cuda_pinned_allocator() : memory::make_plain_allocator();
+    } else {
+      memory::TierConfig tc;
+      try {
+        tc.policy = memory::parse_policy(a.kv_memory);
+      } catch (const Error&) {
+        fail("unknown KV memory policy '" + a.kv_memory +
+             "' (the --kv-memory flag: plain, semantic, interleave, dram)");
+      }
+      tc.fast_nodes = a.fast_nodes;
+      tc.slow_nodes = a.slow_nodes;
+      tc.fast_key_budget_bytes = a.fast_key_budget_bytes;
+      tc.auto_demote_keys = true;  // LRG: the newest keys stay on DRAM
+      im.numa_alloc = memory::make_numa_allocator(tc).release();
+      im.host_alloc.reset(im.numa_alloc);
+    }
+  };
   if (o.device == "cpu") {
     auto tf = std::make_unique<Transformer>(std::move(m.config), std::move(m.weights));
     if (policy != runtime::Policy::kFull) {
-      const int threads = o.n_threads > 0 ? o.n_threads : omp_get_max_threads();
       const runtime::HybridConfig hc =
-          runtime::resolve_attention_options(o.attention, n_ctx, tf->config().head_dim, threads);
-      const AttentionOptions& a = o.attention;
-      if (a.kv_memory == "plain") {
-        im.host_alloc = memory::make_plain_allocator();
-      } else {
-        memory::TierConfig tc;
-        try {
-          tc.policy = memory::parse_policy(a.kv_memory);
-        } catch (const Error&) {
-          fail("unknown KV memory policy '" + a.kv_memory +
-               "' (the --kv-memory flag: plain, semantic, interleave, dram)");
-        }
-        tc.fast_nodes = a.fast_nodes;
-        tc.slow_nodes = a.slow_nodes;
-        tc.fast_key_budget_bytes = a.fast_key_budget_bytes;
-        tc.auto_demote_keys = true;  // LRG: the newest keys stay on DRAM
-        im.numa_alloc = memory::make_numa_allocator(tc).release();
-        im.host_alloc.reset(im.numa_alloc);
-      }
+          runtime::resolve_attention_options(att, n_ctx, tf->config().head_dim, threads);
+      make_host_alloc(false);
       im.hybrid = std::make_unique<runtime::HybridAttention>(hc, *tf, n_ctx, o.max_sequences,
                                                              *im.host_alloc);
       tf->set_attention_runner(im.hybrid.get());
@@ -167,18 +201,29 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& o) {
           "thread(s)",
           runtime::policy_name(hc.policy), hc.window, hc.k_min,
           hc.speculative ? "speculative" : "exact", hc.cpu_threads);
-    } else if (o.attention.kv_memory != "plain")
+    } else if (att.kv_memory != "plain")
       log().warn("--kv-memory {} has no effect with --policy full (one tier, nothing offloaded)",
-                 o.attention.kv_memory);
+                 att.kv_memory);
     im.model = std::move(tf);
-  } else if (o.device == "cuda") {
-    HG_CHECK(policy == runtime::Policy::kFull,
-             "attention policy '" + o.attention.policy +
-                 "' runs on --device cpu in this build; the CUDA backend runs policy full only "
-                 "(its hybrid device stage is not implemented yet)");
-    im.model = make_cuda_backend(m.config, m.weights, n_ctx, o.max_sequences);
-  } else {
-    fail("unknown device '" + o.device + "' (the --device flag: cpu or cuda)");
+  } else {  // cuda: every policy; the hybrid runtime lives in the backend (CUDA device stage)
+    if (policy != runtime::Policy::kFull) {
+      const runtime::HybridConfig hc =
+          runtime::resolve_attention_options(att, n_ctx, m.config.head_dim, threads);
+      make_host_alloc(true);
+      CudaBackendOptions bo;
+      bo.hybrid = &hc;
+      bo.host_alloc = im.host_alloc.get();
+      im.model = make_cuda_backend(m.config, m.weights, n_ctx, o.max_sequences, bo);
+      if (im.model->hybrid_runtime()->policy_plan().pipelined)
+        omp_set_num_threads(std::max(1, threads - hc.cpu_threads));
+      log().info(
+          "attention policy {} on the GPU: window {} tokens, K_min {}, {} query, {} CPU-stage "
+          "thread(s), host stores in {}",
+          runtime::policy_name(hc.policy), hc.window, hc.k_min,
+          hc.speculative ? "speculative (GPU)" : "exact", hc.cpu_threads, im.host_alloc->name());
+    } else {
+      im.model = make_cuda_backend(m.config, m.weights, n_ctx, o.max_sequences);
+    }
   }
   log().info("loaded {} ({}, {} layers, {:.1f} MB of {} weights) on {} in {:.2f} s", info.source,
              info.architecture, info.n_layers, info.weight_bytes / 1e6, info.weight_format,
@@ -240,7 +285,7 @@ std::vector<GenerationResult> Engine::generate_batch(
 
   std::vector<int> seqs(n);
   for (int i = 0; i < n; ++i) seqs[i] = im.cache->open_sequence();
-  if (im.hybrid) im.hybrid->new_request();
+  if (im.runtime()) im.runtime()->new_request();
   struct Live {
     std::vector<int32_t> history;
     Sampler sampler;
@@ -340,7 +385,7 @@ int Engine::open_sequence() {
   Impl& im = *impl_;
   // The first sequence after an idle engine is a new request for the scheduler (Algorithm 1,
   // lines 6-7), as generate() starts one.
-  if (im.hybrid && open_sequences() == 0) im.hybrid->new_request();
+  if (im.runtime() && open_sequences() == 0) im.runtime()->new_request();
   return im.cache->open_sequence();
 }
 
@@ -384,8 +429,8 @@ uint64_t Engine::kv_bytes_in_use() const {
 std::string Engine::token_bytes(int32_t token) const { return impl_->tok().token_bytes(token); }
 
 AttentionStats Engine::attention_stats() const {
-  if (impl_->hybrid) {
-    AttentionStats s = impl_->hybrid->stats();
+  if (impl_->runtime()) {
+    AttentionStats s = impl_->runtime()->stats();
     if (impl_->numa_alloc) s.placement = impl_->numa_alloc->report().format();
     return s;
   }
@@ -396,12 +441,12 @@ AttentionStats Engine::attention_stats() const {
 }
 
 std::vector<StageEvent> Engine::attention_trace() const {
-  if (impl_->hybrid) return impl_->hybrid->trace();
+  if (impl_->runtime()) return impl_->runtime()->trace();
   return {};
 }
 
 void Engine::reset_attention_stats() {
-  if (impl_->hybrid) impl_->hybrid->reset_stats();
+  if (impl_->runtime()) impl_->runtime()->reset_stats();
 }
 
 std::vector<float> Engine::evaluate(std::span<const int32_t> tokens, int prefill_tokens) {
@@ -416,7 +461,7 @@ std::vector<float> Engine::evaluate(std::span<const int32_t> tokens, int prefill
   const int vocab = im.info.vocab_size;
   std::vector<float> all(tokens.size() * size_t(vocab));
   const int seq = im.cache->open_sequence();
-  if (im.hybrid) im.hybrid->new_request();
+  if (im.runtime()) im.runtime()->new_request();
   try {
     std::vector<float> logits;
     for (size_t begin = 0; begin < tokens.size();) {

@@ -537,9 +537,21 @@ void HybridRuntime::device_exact(int il, const float* q, const float* k, const f
 
 // aoc (MoE-Lightning-like): the whole attention over the offloaded tokens on the CPU, from the
 // host stores (bf16). The window is empty (window 0): the new token is offloaded by its append.
-void HybridRuntime::host_exact(int il, const float* q, const float* k, const float* v, float* out) {
+void HybridRuntime::host_exact(int il, const float* q_dev, const float* k_dev, const float* v_dev,
+                               float* out_dev) {
   const int n = n_rows_;
   const int64_t q_w = int64_t(n_heads_) * head_dim_, kv_w = int64_t(n_kv_heads_) * head_dim_;
+  // On a GPU the step's q, k, v come to the host and only the result goes back (the CPU backend
+  // passes host memory through).
+  std::vector<float> sq, sk, sv, so;
+  const float* q = device_->to_host(q_dev, size_t(n) * q_w, sq);
+  const float* k = device_->to_host(k_dev, size_t(n) * kv_w, sk);
+  const float* v = device_->to_host(v_dev, size_t(n) * kv_w, sv);
+  float* out = out_dev;
+  if (q != q_dev) {
+    so.resize(size_t(n) * q_w);
+    out = so.data();
+  }
   for (int t = 0; t < n; ++t) {
     kv::TieredLayerKv& kv = cache_->layer(seqs_[t], il);
     HG_CHECK(kv.length() == pos_[t], "hybrid attention: sequence " + std::to_string(seqs_[t]) +
@@ -569,6 +581,7 @@ void HybridRuntime::host_exact(int il, const float* q, const float* k, const flo
           host::axpy_bf16(scores[j - lo], kv.value_store().row(h, j), o, head_dim_);
       }
   }
+  if (out != out_dev) device_->from_host(out_dev, out, size_t(n) * q_w);
   const double t1 = now_seconds();
   step_sync_cpu_ += t1 - t0;
   step_cpu_ += t1 - t0;
@@ -589,8 +602,11 @@ void HybridRuntime::end_step() {
   StageLatencies lat;
   // T_gpu: the device's clock where it has one (CUDA events), else the calling thread's wall
   // time minus its waits for the CPU stage and its own CPU-stage work (the CPU backend).
+  // With CUDA events the step's span includes the GPU's idle time while this thread waited for
+  // the CPU stage (nothing new was queued then): that wait is taken out too.
   const std::optional<double> dev = device_->step_seconds();
-  lat.t_gpu = dev ? *dev : std::max(0.0, wall - step_wait_ - step_sync_cpu_);
+  lat.t_gpu =
+      dev ? std::max(0.0, *dev - step_wait_) : std::max(0.0, wall - step_wait_ - step_sync_cpu_);
   lat.t_cpu = step_cpu_;
   lat.t_tx = step_tx_;
   ++stats_.decode_steps;

@@ -161,7 +161,7 @@ int main(int argc, char** argv) {
   app.add_option("--weight-format", weight_format, "weights for the CPU GEMMs: auto, f32, bf16")
       ->check(CLI::IsMember({"auto", "f32", "bf16"}))
       ->capture_default_str();
-  app.add_option("--device", spec.device, "cpu or cuda (cuda: policy full only)")
+  app.add_option("--device", spec.device, "cpu or cuda (every policy)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   app.add_option("--policy", policies,

@@ -8,10 +8,13 @@ void add_attention_flags(CLI::App& app, AttentionOptions& a, AttentionFlagExtras
                          AttentionFlagScope scope) {
   // Hybrid attention (paper §4): how the KV cache splits between the device and the host.
   if (scope == AttentionFlagScope::kAll) {
+    // Empty: the engine decides by device (auto on --device cuda, full on cpu).
+    if (a.policy == "full") a.policy.clear();
     app.add_option("--policy", a.policy,
-                   "attention policy: full, hybrid, aog, aoc, h2o, streamingllm, keyformer, "
-                   "infinigen")
-        ->capture_default_str();  // the engine names an unknown one
+                   "attention policy: auto, full, hybrid, aog, aoc, h2o, streamingllm, "
+                   "keyformer, infinigen (default: auto on --device cuda - full while the whole "
+                   "KV fits in free GPU memory, else hybrid with the largest window that fits; "
+                   "full on --device cpu)");  // the engine names an unknown one
     app.add_option("--window", a.window,
                    "device (GPU) window per sequence and layer, tokens (-1: 10% of the context)")
         ->capture_default_str();
@@ -52,7 +55,9 @@ void add_attention_flags(CLI::App& app, AttentionOptions& a, AttentionFlagExtras
   app.add_option("--fast-key-budget-mb", x.fast_key_budget_mb,
                  "semantic: MB of keys allowed on DRAM");
   app.add_option("--gpu-memory-mb", a.device_memory_mb,
-                 "device memory the KV window may take (0: no limit)");
+                 "device memory the KV may take, MB (0: what is free): caps the window, and "
+                 "with --policy auto forces offloading when the whole KV would not fit in it")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--profile", a.profile, "model profile from hybridgen-eval (sets K_min)");
   app.add_option("--spec-min-cosine", a.speculation_min_cosine,
                  "layers whose speculated query is less similar than this to the true one "

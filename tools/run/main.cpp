@@ -181,7 +181,7 @@ int main(int argc, char** argv) {
         s.decode_seconds > 0 ? (generated - batch) / s.decode_seconds : 0.0,
         generated > batch ? 1000.0 * s.decode_seconds / ((generated - batch) / batch) : 0.0, batch,
         results[0].stop_reason.c_str());
-    if (verbose || load.attention.policy != "full")
+    if (verbose || engine->attention_stats().policy != "full")
       std::fputs(hybridgen::format_attention_stats(engine->attention_stats(), verbose).c_str(),
                  stderr);
   } catch (const hybridgen::Error& e) {
