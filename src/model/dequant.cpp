@@ -136,7 +136,6 @@ void dequant_q6_k(const uint8_t* src, float* y, int64_t nb) {
   }
 }
 
-
 // block_q5_0: f16 d, qh[4] (bit j = fifth bit of element j), qs[16]; x = d * (q - 16).
 void dequant_q5_0(const uint8_t* src, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, src += 22, y += kQK) {

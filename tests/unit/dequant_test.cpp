@@ -144,9 +144,8 @@ TEST(DequantTest, EveryQuantKindMatchesGgufPyBitExact) {
     for (int64_t i = 0; i < n; ++i) {
       const float want = values[off + static_cast<size_t>(i)];
       if (bits(out[i]) != bits(want) && ++mismatches <= 5)
-        ADD_FAILURE() << name << "[" << i << "] = " << out[i] << " (0x" << std::hex
-                      << bits(out[i]) << "), gguf-py: " << want << " (0x" << bits(want) << ")"
-                      << std::dec;
+        ADD_FAILURE() << name << "[" << i << "] = " << out[i] << " (0x" << std::hex << bits(out[i])
+                      << "), gguf-py: " << want << " (0x" << bits(want) << ")" << std::dec;
     }
     EXPECT_EQ(mismatches, 0);
   }

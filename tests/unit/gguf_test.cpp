@@ -466,8 +466,12 @@ TEST_F(MalformedGguf, UnknownTensorType) {
   EXPECT_TRUE(Contains(e, "unknown ggml type 99"));
   // Real ggml types this reader does not dequantize name themselves, up to the newest of
   // ggml's enum (gguf-py 0.19's GGMLQuantizationType: 40 = NVFP4, 41 = Q1_0).
-  for (const auto& [type, name] : std::vector<std::pair<uint32_t, std::string>>{
-           {9, "Q8_1"}, {15, "Q8_K"}, {16, "IQ2_XXS"}, {39, "MXFP4"}, {40, "NVFP4"}, {41, "Q1_0"}}) {
+  for (const auto& [type, name] : std::vector<std::pair<uint32_t, std::string>>{{9, "Q8_1"},
+                                                                                {15, "Q8_K"},
+                                                                                {16, "IQ2_XXS"},
+                                                                                {39, "MXFP4"},
+                                                                                {40, "NVFP4"},
+                                                                                {41, "Q1_0"}}) {
     Bytes y;
     y.header(3, 1, 0).tensor("blk.0.w", {256}, type, 0).pad(32).zeros(512);
     e = open_error(y);
