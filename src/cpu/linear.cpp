@@ -7,6 +7,7 @@
 
 #include "cpu/gemv.h"
 #include "cpu/isa.h"
+#include "cpu/quant_gemv.h"
 #include "cpu/vec.h"
 #include "model/dequant.h"
 #include "util/check.h"
@@ -34,9 +35,12 @@ constexpr int kPanelRows = 512;
 [[noreturn]] void fail_matmul(const dnnl::error& e, int m, int in, int out, WeightType type) {
   fail(std::string("CPU matmul [") + std::to_string(m) + " x " + std::to_string(in) + "] x [" +
        std::to_string(in) + " x " + std::to_string(out) + "] with " +
-       (type == WeightType::kBF16 ? "bf16" : "f32") + " weights failed in oneDNN (" + e.what() +
-       ", status " + std::to_string(static_cast<int>(e.status)) + ") on a CPU with " +
-       cpu_features() + " (kernels at " + isa_name(active_isa()) + ")" +
+       (type == WeightType::kBF16    ? "bf16"
+        : type == WeightType::kQuant ? "quantized"
+                                     : "f32") +
+       " weights failed in oneDNN (" + e.what() + ", status " +
+       std::to_string(static_cast<int>(e.status)) + ") on a CPU with " + cpu_features() +
+       " (kernels at " + isa_name(active_isa()) + ")" +
        (type == WeightType::kBF16 ? "; --weight-format f32 avoids bf16 GEMMs" : "") +
        (isa_capped() ? "; HYBRIDGEN_CPU_ISA is set, unset it to use the whole CPU" : ""));
 }
@@ -52,6 +56,7 @@ struct Linear::Impl {
 Linear::Linear(int out, int in, std::vector<float> weight, std::vector<float> bias, WeightType type)
     : out_(out), in_(in), type_(type), bias_(std::move(bias)), impl_(std::make_unique<Impl>()) {
   HG_CHECK(out > 0 && in > 0, "Linear: empty weight");
+  HG_CHECK(type != WeightType::kQuant, "Linear: float weights cannot be of type kQuant");
   HG_CHECK(weight.size() == static_cast<size_t>(out) * in, "Linear: weight size mismatch");
   HG_CHECK(bias_.empty() || bias_.size() == static_cast<size_t>(out), "Linear: bias size mismatch");
   if (type == WeightType::kF32) {
@@ -66,25 +71,111 @@ Linear::Linear(int out, int in, std::vector<float> weight, std::vector<float> bi
   }
 }
 
+Linear::Linear(int in, std::vector<QuantPart> parts, std::vector<float> bias)
+    : in_(in),
+      type_(WeightType::kQuant),
+      parts_(std::move(parts)),
+      bias_(std::move(bias)),
+      impl_(std::make_unique<Impl>()) {
+  HG_CHECK(in > 0 && !parts_.empty(), "Linear: empty quantized weight");
+  for (const QuantPart& p : parts_) {
+    HG_CHECK(quant_gemv_supports(p.type),
+             "Linear: no quantized GEMV for " + std::string(dtype_name(p.type)));
+    HG_CHECK(p.rows > 0 && in % dtype_block_size(p.type) == 0 &&
+                 p.blocks.size() == static_cast<size_t>(p.rows) * (in / dtype_block_size(p.type)) *
+                                        dtype_block_bytes(p.type),
+             "Linear: quantized part of " + std::to_string(p.rows) + " rows has " +
+                 std::to_string(p.blocks.size()) + " bytes");
+    out_ += p.rows;
+  }
+  HG_CHECK(bias_.empty() || bias_.size() == static_cast<size_t>(out_),
+           "Linear: bias size mismatch");
+}
+
 Linear::Linear() = default;
 Linear::Linear(Linear&&) noexcept = default;
 Linear& Linear::operator=(Linear&&) noexcept = default;
 Linear::~Linear() = default;
 
 uint64_t Linear::weight_bytes() const {
-  return weight_f32_.size() * 4 + weight_bf16_.size() * 2 + bias_.size() * 4;
+  uint64_t q = 0;
+  for (const QuantPart& p : parts_) q += p.blocks.size();
+  return weight_f32_.size() * 4 + weight_bf16_.size() * 2 + q + bias_.size() * 4;
 }
 
 std::vector<float> Linear::weight_row(int r) const {
   std::vector<float> row(in_);
+  if (type_ == WeightType::kQuant) {
+    for (const QuantPart& p : parts_) {
+      if (r < p.rows) {
+        const int64_t rb = in_ / dtype_block_size(p.type) * dtype_block_bytes(p.type);
+        dequantize(p.type, p.blocks.data() + r * rb, row.data(), in_);
+        return row;
+      }
+      r -= p.rows;
+    }
+    fail("Linear::weight_row: row out of range");
+  }
   for (int i = 0; i < in_; ++i)
     row[i] = type_ == WeightType::kF32 ? weight_f32_[size_t(r) * in_ + i]
                                        : bf16_to_f32(weight_bf16_[size_t(r) * in_ + i]);
   return row;
 }
 
+void Linear::forward_quant_gemv(const float* x, float* y, int m, int n_rows) const {
+  // One activation quantization per weight type met (Q|K|V may mix types).
+  QuantActivations acts[2];
+  int row0 = 0;
+  for (const QuantPart& p : parts_) {
+    if (row0 >= n_rows) break;
+    QuantActivations* a = nullptr;
+    for (QuantActivations& c : acts)
+      if (c.m == m && c.weight_type == p.type) a = &c;
+    if (!a) {
+      a = acts[0].m == 0 ? &acts[0] : &acts[1];
+      quantize_activations(p.type, x, m, in_, a);
+    }
+    const int rows = std::min(p.rows, n_rows - row0);
+    gemv_quant(p.type, p.blocks.data(), *a, has_bias() ? bias_.data() + row0 : nullptr, y + row0,
+               n_rows, rows);
+    row0 += p.rows;
+  }
+}
+
+// Dequantize kPanelRows rows at a time (bit-exact with ggml), then oneDNN's f32 GEMM, as
+// forward_f32_panels does for bf16: the weights stay quantized in memory, and at prefill sizes
+// the conversion is amortised over the m activation rows.
+void Linear::forward_quant_panels(const float* x, float* y, int m) const {
+  const int rows = std::min(kPanelRows, out_);
+  std::vector<float> panel(static_cast<size_t>(rows) * in_);  // [rows, in]
+  int row0 = 0;
+  for (const QuantPart& p : parts_) {
+    const int64_t rb = in_ / dtype_block_size(p.type) * dtype_block_bytes(p.type);
+    for (int n0 = 0; n0 < p.rows; n0 += rows) {
+      const int np = std::min(rows, p.rows - n0);
+#pragma omp parallel for schedule(static)
+      for (int r = 0; r < np; ++r)
+        dequantize(p.type, p.blocks.data() + (n0 + r) * rb, panel.data() + size_t(r) * in_, in_);
+      const dnnl::status st = dnnl::sgemm('N', 'T', m, np, in_, 1.f, x, in_, panel.data(), in_, 0.f,
+                                          y + row0 + n0, out_);
+      if (st != dnnl::status::success)
+        fail_matmul(dnnl::error(static_cast<dnnl_status_t>(st), "dnnl_sgemm"), m, in_, out_, type_);
+    }
+    row0 += p.rows;
+  }
+  if (has_bias()) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < m; ++r)
+      for (int o = 0; o < out_; ++o) y[static_cast<size_t>(r) * out_ + o] += bias_[o];
+  }
+}
+
 void Linear::forward(const float* x, float* y, int m) const {
   const float* bias = has_bias() ? bias_.data() : nullptr;
+  if (type_ == WeightType::kQuant) {
+    if (m <= kGemvMaxRows) return forward_quant_gemv(x, y, m, out_);
+    return forward_quant_panels(x, y, m);
+  }
   if (m <= kGemvMaxRows) {  // decode: a memory-bound stream over the weights
     if (type_ == WeightType::kF32) {
       gemv_f32(weight_f32_.data(), x, bias, y, m, out_, in_);
@@ -185,6 +276,7 @@ void Linear::forward_rows(const float* x, float* y, int m, int n_rows) const {
   HG_CHECK(n_rows > 0 && n_rows <= out_,
            "Linear::forward_rows: " + std::to_string(n_rows) + " rows of " + std::to_string(out_));
   if (n_rows == out_) return forward(x, y, m);
+  if (type_ == WeightType::kQuant && m <= kGemvMaxRows) return forward_quant_gemv(x, y, m, n_rows);
   const float* bias = has_bias() ? bias_.data() : nullptr;
   if (m <= kGemvMaxRows) {  // weights are [out, in] row-major: the first rows are contiguous
     if (type_ == WeightType::kF32) {
@@ -225,6 +317,31 @@ Linear concat_rows(int in_features, std::vector<std::vector<float>> weights,
     }
   }
   return Linear(total, in_features, std::move(w), std::move(b), type);
+}
+
+Linear concat_quant_rows(int in_features, std::vector<QuantPart> parts,
+                         std::vector<std::vector<float>> biases) {
+  HG_CHECK(biases.size() == parts.size(), "concat_quant_rows: mismatched parts");
+  bool any_bias = false;
+  for (const auto& b : biases) any_bias |= !b.empty();
+  std::vector<float> b;
+  std::vector<QuantPart> merged;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (any_bias) {
+      if (biases[i].empty())
+        b.insert(b.end(), parts[i].rows, 0.f);
+      else
+        b.insert(b.end(), biases[i].begin(), biases[i].end());
+    }
+    if (!merged.empty() && merged.back().type == parts[i].type) {
+      merged.back().rows += parts[i].rows;
+      merged.back().blocks.insert(merged.back().blocks.end(), parts[i].blocks.begin(),
+                                  parts[i].blocks.end());
+    } else {
+      merged.push_back(std::move(parts[i]));
+    }
+  }
+  return Linear(in_features, std::move(merged), std::move(b));
 }
 
 }  // namespace hybridgen::cpu

@@ -5,9 +5,20 @@
 #include <memory>
 #include <vector>
 
+#include "model/tensor.h"
+
 namespace hybridgen::cpu {
 
-enum class WeightType { kF32, kBF16 };
+// kQuant: GGUF blocks kept as stored (cpu/quant_gemv.h computes on them; --weight-format
+// native).
+enum class WeightType { kF32, kBF16, kQuant };
+
+// Consecutive weight rows stored in one GGUF block type: rows * (in / block) blocks, row-major.
+struct QuantPart {
+  DType type = DType::kQ8_0;
+  int rows = 0;
+  std::vector<uint8_t> blocks;
+};
 
 class Linear {
  public:
@@ -15,6 +26,10 @@ class Linear {
   // weight: [out_features, in_features] row-major float32; bias: [out_features] or empty.
   Linear(int out_features, int in_features, std::vector<float> weight, std::vector<float> bias,
          WeightType type);
+  // Quantized weights as stored: the parts' rows one after the other (e.g. Q|K|V, each in its
+  // own GGUF type), in_features a multiple of every part's block size. PRECOND:
+  // quant_gemv_supports(part.type) for every part. bias: [sum of rows] or empty.
+  Linear(int in_features, std::vector<QuantPart> parts, std::vector<float> bias);
   Linear(Linear&&) noexcept;
   Linear& operator=(Linear&&) noexcept;
   ~Linear();
@@ -41,14 +56,21 @@ class Linear {
   // rows widened to float32 and multiplied by oneDNN's f32 GEMM. Public so that tests check it
   // on every machine.   x: [m, in] -> y: [m, out]
   void forward_f32_panels(const float* x, float* y, int m) const;
+  // forward() for quantized weights at prefill sizes: panels of rows dequantized to float32
+  // (model/dequant, bit-exact with ggml) and multiplied by oneDNN's f32 GEMM.  x: [m, in]
+  void forward_quant_panels(const float* x, float* y, int m) const;
+  const std::vector<QuantPart>& quant_parts() const { return parts_; }
 
  private:
+  // The GEMV over quantized parts, output rows [0, n_rows):  x: [m, in] -> y: [m, n_rows]
+  void forward_quant_gemv(const float* x, float* y, int m, int n_rows) const;
   struct Impl;
   void forward_onednn(const float* x, float* y, int m) const;
   int out_ = 0, in_ = 0;
   WeightType type_ = WeightType::kF32;
   std::vector<float> weight_f32_;      // [out, in] when type_ == kF32
   std::vector<uint16_t> weight_bf16_;  // [out, in] when type_ == kBF16
+  std::vector<QuantPart> parts_;       // when type_ == kQuant
   std::vector<float> bias_;            // [out]
   std::unique_ptr<Impl> impl_;         // cached oneDNN primitives, keyed by m
 };
@@ -61,5 +83,8 @@ bool linear_bf16_uses_f32_panels();
 // concatenated in the order given.
 Linear concat_rows(int in_features, std::vector<std::vector<float>> weights,
                    std::vector<std::vector<float>> biases, std::vector<int> outs, WeightType type);
+// The same for quantized parts (adjacent parts of one type are merged into one).
+Linear concat_quant_rows(int in_features, std::vector<QuantPart> parts,
+                         std::vector<std::vector<float>> biases);
 
 }  // namespace hybridgen::cpu

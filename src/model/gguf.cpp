@@ -79,11 +79,32 @@ bool ggml_to_dtype(uint32_t t, DType* out) {
     case 3:
       *out = DType::kQ4_1;
       return true;
+    case 6:
+      *out = DType::kQ5_0;
+      return true;
+    case 7:
+      *out = DType::kQ5_1;
+      return true;
     case 8:
       *out = DType::kQ8_0;
       return true;
+    case 10:
+      *out = DType::kQ2_K;
+      return true;
+    case 11:
+      *out = DType::kQ3_K;
+      return true;
     case 12:
       *out = DType::kQ4_K;
+      return true;
+    case 13:
+      *out = DType::kQ5_K;
+      return true;
+    case 20:
+      *out = DType::kIQ4_NL;
+      return true;
+    case 23:
+      *out = DType::kIQ4_XS;
       return true;
     case 14:
       *out = DType::kQ6_K;
@@ -102,21 +123,16 @@ bool ggml_to_dtype(uint32_t t, DType* out) {
   }
 }
 
-// Names of ggml types this reader knows of but cannot dequantize (for the error message).
+// Names of ggml types this reader knows of but cannot dequantize (for the error message), up
+// to the newest of ggml's enum ggml_type (gguf-py 0.19: NVFP4 = 40, Q1_0 = 41); 4, 5 and
+// 31..33 were removed from ggml and are unknown.
+constexpr const char* kSupportedTypes =
+    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS";
+
 const char* ggml_other_type_name(uint32_t t) {
   switch (t) {
-    case 6:
-      return "Q5_0";
-    case 7:
-      return "Q5_1";
     case 9:
       return "Q8_1";
-    case 10:
-      return "Q2_K";
-    case 11:
-      return "Q3_K";
-    case 13:
-      return "Q5_K";
     case 15:
       return "Q8_K";
     case 16:
@@ -127,14 +143,10 @@ const char* ggml_other_type_name(uint32_t t) {
       return "IQ3_XXS";
     case 19:
       return "IQ1_S";
-    case 20:
-      return "IQ4_NL";
     case 21:
       return "IQ3_S";
     case 22:
       return "IQ2_S";
-    case 23:
-      return "IQ4_XS";
     case 24:
       return "I8";
     case 25:
@@ -149,6 +161,10 @@ const char* ggml_other_type_name(uint32_t t) {
       return "TQ2_0";
     case 39:
       return "MXFP4";
+    case 40:
+      return "NVFP4";
+    case 41:
+      return "Q1_0";
     default:
       return nullptr;
   }
@@ -399,9 +415,10 @@ std::unique_ptr<GgufFile> GgufFile::open(const std::string& path) {
     if (!ggml_to_dtype(type, &t.dtype)) {
       if (const char* other = ggml_other_type_name(type)) {
         r.error(what + " has ggml type " + std::to_string(type) + " (" + other +
-                "), which is not supported");
+                "), which is not supported (supported: " + kSupportedTypes + ")");
       }
-      r.error(what + " has unknown ggml type " + std::to_string(type));
+      r.error(what + " has unknown ggml type " + std::to_string(type) +
+              " (not in ggml's type enum as of gguf-py 0.19, whose newest is 41 = Q1_0)");
     }
     const uint64_t bs = static_cast<uint64_t>(dtype_block_size(t.dtype));
     const uint64_t bb = static_cast<uint64_t>(dtype_block_bytes(t.dtype));

@@ -2,6 +2,7 @@
 
 #include <filesystem>
 
+#include "cpu/quant_gemv.h"
 #include "model/dequant.h"
 #include "model/gguf.h"
 #include "model/gguf_vocab.h"
@@ -64,6 +65,14 @@ class GgufSource : public TensorSource {
     return to_f32(*t, shape, g_.path());
   }
   std::string describe() const override { return g_.path(); }
+  const TensorInfo* quantized(const std::string& name,
+                              const std::vector<int64_t>& shape) const override {
+    const TensorInfo* t = g_.find(name);
+    if (!t || dtype_block_size(t->dtype) == 1) return nullptr;
+    HG_CHECK(t->shape == shape, g_.path() + ": tensor '" + t->name + "' has shape " +
+                                    shape_str(t->shape) + ", expected " + shape_str(shape));
+    return t;
+  }
 
  private:
   const GgufFile& g_;
@@ -71,14 +80,39 @@ class GgufSource : public TensorSource {
 
 }  // namespace
 
+bool native_is_auto_here() {
+  // Policy, from docs/benchmarks.md (decode of the default model, native vs bf16, same run):
+  // the quantized GEMV paths by whether auto takes them.
+  static constexpr struct {
+    cpu::QuantPath path;
+    bool auto_native;
+  } kPolicy[] = {
+      {cpu::QuantPath::kPortable, false},
+      {cpu::QuantPath::kAvx2, true},
+      {cpu::QuantPath::kAvx512, true},
+      {cpu::QuantPath::kAvx512Vnni, true},
+  };
+  const cpu::QuantPath p = cpu::quant_gemv_path();
+  for (const auto& e : kPolicy)
+    if (e.path == p) return e.auto_native;
+  return false;
+}
+
 cpu::WeightType resolve_weight_type(const ModelConfig& c, WeightChoice choice,
-                                    bool checkpoint_is_f32) {
+                                    bool checkpoint_is_f32, bool checkpoint_is_quantized) {
   switch (choice) {
     case WeightChoice::kF32:
       return cpu::WeightType::kF32;
     case WeightChoice::kBF16:
       return cpu::WeightType::kBF16;
+    case WeightChoice::kNative:
+      if (checkpoint_is_quantized) return cpu::WeightType::kQuant;
+      log().info("--weight-format native: the checkpoint has no quantized matrices; bf16 weights");
+      return cpu::WeightType::kBF16;
     case WeightChoice::kAuto:
+      if (checkpoint_is_quantized && native_is_auto_here()) return cpu::WeightType::kQuant;
+      break;
+    case WeightChoice::kAutoFloat:
       break;
   }
   // float32 only where it is exact and affordable: a float32 checkpoint of at most 2 B
@@ -90,6 +124,13 @@ cpu::WeightType resolve_weight_type(const ModelConfig& c, WeightChoice choice,
 }
 
 namespace {
+// Whether any of the checkpoint's matrices is stored in a type with a native GEMV.
+template <typename Tensors>
+bool has_native_matrices(const Tensors& tensors) {
+  for (const TensorInfo* t : tensors)
+    if (t->shape.size() >= 2 && cpu::quant_gemv_supports(t->dtype)) return true;
+  return false;
+}
 // Whether the checkpoint's matrices (2-D tensors) are all stored as float32.
 template <typename Tensors>
 bool matrices_are_f32(const Tensors& tensors) {
@@ -153,8 +194,9 @@ LoadedModel load_model(const std::string& path, bool use_random_weights, uint64_
   GgufSource src(*g);
   std::vector<const TensorInfo*> all;
   for (const TensorInfo& t : g->tensors()) all.push_back(&t);
-  m.weights = load_weights(m.config, src, Naming::kGguf,
-                           resolve_weight_type(m.config, choice, matrices_are_f32(all)));
+  m.weights = load_weights(
+      m.config, src, Naming::kGguf,
+      resolve_weight_type(m.config, choice, matrices_are_f32(all), has_native_matrices(all)));
   GgufVocab vocab = read_gguf_vocab(*g);
   HG_CHECK(static_cast<int>(vocab.tokens.size()) <= m.config.vocab_size,
            path + ": tokenizer.ggml.tokens has " + std::to_string(vocab.tokens.size()) +

@@ -18,7 +18,10 @@ struct LoadedModel {
   std::string source;
 };
 
-enum class WeightChoice { kAuto, kF32, kBF16 };
+// kNative: GGUF quantized blocks as stored (projections in types without a native GEMV, and
+// non-quantized checkpoints, fall back to bf16).
+// kAutoFloat: auto without native (for backends that upload float weights).
+enum class WeightChoice { kAuto, kF32, kBF16, kNative, kAutoFloat };
 
 // random_weights: `path` is a config.json or a directory holding one (tokenizer.json beside it
 // is used if present).
@@ -26,8 +29,11 @@ LoadedModel load_model(const std::string& path, bool random_weights, uint64_t se
                        WeightChoice weights);
 
 // The backend's weight type for a config under a choice (auto: float32 for float32 checkpoints
-// up to 2 B parameters, bf16 otherwise).
+// up to 2 B parameters; native for quantized GGUF files where native_is_auto_here(); bf16
+// otherwise).
 cpu::WeightType resolve_weight_type(const ModelConfig& config, WeightChoice choice,
-                                    bool checkpoint_is_f32);
+                                    bool checkpoint_is_f32, bool checkpoint_is_quantized = false);
+// Whether auto picks native weights for quantized checkpoints on this machine's GEMV path.
+bool native_is_auto_here();
 
 }  // namespace hybridgen

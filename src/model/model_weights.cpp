@@ -3,7 +3,9 @@
 #include <cmath>
 #include <cstring>
 
+#include "cpu/quant_gemv.h"
 #include "util/check.h"
+#include "util/log.h"
 
 namespace hybridgen {
 
@@ -21,6 +23,26 @@ uint64_t ModelWeights::bytes() const {
 
 uint64_t ModelWeights::decode_step_bytes() const {
   return bytes() - (token_embedding.size() + position_embedding.size()) * sizeof(float);
+}
+
+std::string ModelWeights::format_name() const {
+  int quant = 0, total = 0;
+  bool bf16 = false;
+  auto see = [&](const cpu::Linear& l) {
+    ++total;
+    quant += l.type() == cpu::WeightType::kQuant;
+    bf16 |= l.type() == cpu::WeightType::kBF16;
+  };
+  see(lm_head);
+  for (const LayerWeights& l : layers) {
+    see(l.qkv);
+    see(l.out);
+    see(l.up);
+    see(l.down);
+  }
+  if (quant == total) return "native";
+  if (quant > 0) return "native+bf16";
+  return bf16 ? "bf16" : "f32";
 }
 
 namespace {
@@ -112,6 +134,38 @@ ModelWeights load_weights(const ModelConfig& c, const TensorSource& src, Naming 
     head_name = "lm_head.weight";
   }
 
+  // One projection from the tensors `names` of shapes [outs[i], in] (rows concatenated in
+  // order): quantized as stored when asked for and every tensor has a native GEMV, else float
+  // weights (bf16 in place of kQuant).
+  auto linear = [&](int in, const std::vector<std::string>& names, const std::vector<int>& outs,
+                    std::vector<std::vector<float>> biases) -> cpu::Linear {
+    if (type == cpu::WeightType::kQuant) {
+      std::vector<cpu::QuantPart> parts;
+      for (size_t i = 0; i < names.size(); ++i) {
+        const TensorInfo* t = src.quantized(names[i], {outs[i], in});
+        if (!t || !cpu::quant_gemv_supports(t->dtype)) {
+          if (t)
+            log().info("{}: tensor '{}' is {}, which has no native GEMV: dequantized to bf16{}",
+                       src.describe(), names[i], dtype_name(t->dtype),
+                       names.size() > 1 ? " with the projection it is fused into" : "");
+          parts.clear();
+          break;
+        }
+        parts.push_back({t->dtype, outs[i], std::vector<uint8_t>(t->data, t->data + t->nbytes)});
+      }
+      if (!parts.empty()) return cpu::concat_quant_rows(in, std::move(parts), std::move(biases));
+    }
+    const cpu::WeightType ft = type == cpu::WeightType::kQuant ? cpu::WeightType::kBF16 : type;
+    std::vector<std::vector<float>> ws;
+    for (size_t i = 0; i < names.size(); ++i) ws.push_back(src.load(names[i], {outs[i], in}));
+    if (names.size() == 1)
+      return cpu::Linear(outs[0], in, std::move(ws[0]), std::move(biases[0]), ft);
+    return cpu::concat_rows(in, std::move(ws), std::move(biases), outs, ft);
+  };
+  auto opt_bias = [&](bool has, const std::string& name, int64_t n) {
+    return has ? src.load(name, {n}) : std::vector<float>{};
+  };
+
   w.token_embedding = src.load(embed_name, {vocab, d});
   if (c.learned_positions)
     w.position_embedding = src.load(opt_prefix + "embed_positions.weight",
@@ -120,9 +174,12 @@ ModelWeights load_weights(const ModelConfig& c, const TensorSource& src, Naming 
   if (c.layer_norm) w.final_norm_b = src.load(final_norm_b, {d});
   // Tied embeddings: some tied checkpoints still carry lm_head.weight (a copy); use it if so.
   if (!c.tied_embeddings || src.has(head_name))
-    w.lm_head = cpu::Linear(c.vocab_size, c.d_model, src.load(head_name, {vocab, d}), {}, type);
+    w.lm_head = linear(c.d_model, {head_name}, {c.vocab_size}, std::vector<std::vector<float>>(1));
+  else if (type == cpu::WeightType::kQuant && src.quantized(embed_name, {vocab, d}))
+    w.lm_head = linear(c.d_model, {embed_name}, {c.vocab_size}, std::vector<std::vector<float>>(1));
   else
-    w.lm_head = cpu::Linear(c.vocab_size, c.d_model, w.token_embedding, {}, type);
+    w.lm_head = cpu::Linear(c.vocab_size, c.d_model, w.token_embedding, {},
+                            type == cpu::WeightType::kQuant ? cpu::WeightType::kBF16 : type);
 
   w.layers.resize(c.n_layers);
   for (int i = 0; i < c.n_layers; ++i) {
@@ -130,29 +187,18 @@ ModelWeights load_weights(const ModelConfig& c, const TensorSource& src, Naming 
     LayerWeights& l = w.layers[i];
     l.attn_norm = src.load(n.attn_norm, {d});
     if (c.layer_norm) l.attn_norm_b = src.load(n.attn_norm_b, {d});
-    std::vector<std::vector<float>> qkv_b(3);
-    if (c.qkv_bias) {
-      qkv_b[0] = src.load(n.q_b, {q_out});
-      qkv_b[1] = src.load(n.k_b, {kv_out});
-      qkv_b[2] = src.load(n.v_b, {kv_out});
-    }
-    l.qkv = cpu::concat_rows(
-        c.d_model,
-        {src.load(n.q, {q_out, d}), src.load(n.k, {kv_out, d}), src.load(n.v, {kv_out, d})},
-        std::move(qkv_b), {int(q_out), int(kv_out), int(kv_out)}, type);
-    l.out = cpu::Linear(c.d_model, int(q_out), src.load(n.o, {d, q_out}),
-                        c.linear_bias ? src.load(n.o_b, {d}) : std::vector<float>{}, type);
+    l.qkv = linear(c.d_model, {n.q, n.k, n.v}, {int(q_out), int(kv_out), int(kv_out)},
+                   {opt_bias(c.qkv_bias, n.q_b, q_out), opt_bias(c.qkv_bias, n.k_b, kv_out),
+                    opt_bias(c.qkv_bias, n.v_b, kv_out)});
+    l.out = linear(int(q_out), {n.o}, {c.d_model}, {opt_bias(c.linear_bias, n.o_b, d)});
     l.ffn_norm = src.load(n.ffn_norm, {d});
     if (c.layer_norm) l.ffn_norm_b = src.load(n.ffn_norm_b, {d});
-    if (c.relu_ffn) {
-      l.up = cpu::Linear(c.d_ff, c.d_model, src.load(n.up, {ff, d}),
-                         c.linear_bias ? src.load(n.up_b, {ff}) : std::vector<float>{}, type);
-    } else {
-      l.up = cpu::concat_rows(c.d_model, {src.load(n.gate, {ff, d}), src.load(n.up, {ff, d})},
-                              {{}, {}}, {c.d_ff, c.d_ff}, type);
-    }
-    l.down = cpu::Linear(c.d_model, c.d_ff, src.load(n.down, {d, ff}),
-                         c.linear_bias ? src.load(n.down_b, {d}) : std::vector<float>{}, type);
+    if (c.relu_ffn)
+      l.up = linear(c.d_model, {n.up}, {c.d_ff}, {opt_bias(c.linear_bias, n.up_b, ff)});
+    else
+      l.up =
+          linear(c.d_model, {n.gate, n.up}, {c.d_ff, c.d_ff}, std::vector<std::vector<float>>(2));
+    l.down = linear(c.d_ff, {n.down}, {c.d_model}, {opt_bias(c.linear_bias, n.down_b, d)});
   }
   return w;
 }

@@ -32,6 +32,9 @@ struct ModelWeights {
   // not the embedding tables (one row per token). The floor of CPU decode is this over the host
   // read bandwidth.
   uint64_t decode_step_bytes() const;
+  // "f32", "bf16", "native" (every projection quantized as stored) or "native+bf16" (some
+  // dequantized: types without a native GEMV).
+  std::string format_name() const;
 };
 
 // A checkpoint's tensors by name, as float32, with shape checks: the loader asks for each
@@ -44,11 +47,22 @@ class TensorSource {
   virtual std::vector<float> load(const std::string& name,
                                   const std::vector<int64_t>& shape) const = 0;
   virtual std::string describe() const = 0;  // the file or directory, for messages
+  // The tensor as stored when it is block-quantized (GGUF), shape checked as load() does;
+  // nullptr for plain types and for sources without quantized tensors.
+  virtual const TensorInfo* quantized(const std::string& name,
+                                      const std::vector<int64_t>& shape) const {
+    (void)name;
+    (void)shape;
+    return nullptr;
+  }
 };
 
 // Which checkpoint naming scheme the weights use.
 enum class Naming { kHuggingFace, kGguf };
 
+// type kQuant keeps every projection whose tensors are all stored in a type with a native
+// GEMV (cpu/quant_gemv.h) as stored; the others are dequantized to bf16, with a log line
+// naming the tensor and its type.
 ModelWeights load_weights(const ModelConfig& config, const TensorSource& source, Naming naming,
                           cpu::WeightType type);
 

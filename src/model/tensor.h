@@ -14,11 +14,18 @@ enum class DType : uint8_t {
   kF32,
   kF16,
   kBF16,
-  kQ4_0,  // 32 elements: f16 scale d, 16 bytes of 4-bit q; x = d * (q - 8)
-  kQ4_1,  // 32 elements: f16 scale d, f16 min m, 16 bytes of 4-bit q; x = d * q + m
-  kQ8_0,  // 32 elements: f16 scale d, 32 int8 q; x = d * q
-  kQ4_K,  // 256 elements, 144 bytes (llama.cpp k-quants)
-  kQ6_K,  // 256 elements, 210 bytes
+  kQ4_0,    // 32 elements: f16 scale d, 16 bytes of 4-bit q; x = d * (q - 8)
+  kQ4_1,    // 32 elements: f16 scale d, f16 min m, 16 bytes of 4-bit q; x = d * q + m
+  kQ8_0,    // 32 elements: f16 scale d, 32 int8 q; x = d * q
+  kQ4_K,    // 256 elements, 144 bytes (llama.cpp k-quants)
+  kQ6_K,    // 256 elements, 210 bytes
+  kQ5_0,    // 32 elements: f16 d, 32 high bits, 16 bytes of low nibbles; x = d * (q - 16)
+  kQ5_1,    // 32 elements: f16 d, f16 m, 32 high bits, 16 bytes of low nibbles; x = d * q + m
+  kQ2_K,    // 256 elements, 84 bytes
+  kQ3_K,    // 256 elements, 110 bytes
+  kQ5_K,    // 256 elements, 176 bytes
+  kIQ4_NL,  // 32 elements: f16 d, 16 bytes of 4-bit indices into a fixed non-linear table
+  kIQ4_XS,  // 256 elements, 136 bytes: IQ4_NL's table with 6-bit sub-block scales
   kI32,
   kI64,
 };

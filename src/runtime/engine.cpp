@@ -104,9 +104,14 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& o) {
   std::unique_ptr<Engine> e(new Engine());
   Impl& im = *e->impl_;
   const auto t0 = std::chrono::steady_clock::now();
-  WeightChoice choice = o.weight_format == WeightFormat::kF32    ? WeightChoice::kF32
-                        : o.weight_format == WeightFormat::kBF16 ? WeightChoice::kBF16
-                                                                 : WeightChoice::kAuto;
+  WeightChoice choice = o.weight_format == WeightFormat::kF32      ? WeightChoice::kF32
+                        : o.weight_format == WeightFormat::kBF16   ? WeightChoice::kBF16
+                        : o.weight_format == WeightFormat::kNative ? WeightChoice::kNative
+                                                                   : WeightChoice::kAuto;
+  // The CUDA backend uploads float weights only (quantized ones: docs/quantization.md).
+  HG_CHECK(!(o.device == "cuda" && choice == WeightChoice::kNative),
+           "--weight-format native runs on --device cpu only (the CUDA backend takes f32 or bf16)");
+  if (o.device == "cuda" && choice == WeightChoice::kAuto) choice = WeightChoice::kAutoFloat;
   LoadedModel m = load_model(o.model_path, o.random_weights, o.random_seed, choice);
   const ModelConfig& c = m.config;
   const int n_ctx = o.n_ctx > 0 ? o.n_ctx : std::min(c.max_positions, 4096);
@@ -129,7 +134,7 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& o) {
   info.n_params = c.n_params();
   info.weight_bytes = m.weights.bytes();
   info.decode_weight_bytes = m.weights.decode_step_bytes();
-  info.weight_format = m.weights.lm_head.type() == cpu::WeightType::kBF16 ? "bf16" : "f32";
+  info.weight_format = m.weights.format_name();
   info.cpu_isa = cpu::isa_name(cpu::active_isa());
   info.cpu_dispatch = cpu::describe_dispatch();
 

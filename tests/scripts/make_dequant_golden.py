@@ -15,6 +15,10 @@ Outputs (all small, committed):
                           cases for f32->f16 and f32->bf16
   safetensors/...         valid single / sharded / other-named safetensors checkpoints and
                           safetensors_golden.json with their expected values
+  quant_kinds.gguf        random blocks of every quantized type HybridGen reads (Q4_0, Q4_1,
+                          Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS) with
+                          f16 scales/mins and sub-block scales at their extremes
+  quant_kinds.f32/.json   their gguf-py dequantization and the manifest (as quant_golden.*)
   smollm2_golden.json     metadata and dequantized rows of SmolLM2-135M-Instruct.Q4_1.gguf
                           (only when that model file is given or found)
 
@@ -170,6 +174,91 @@ def make_quant_gguf(rng):
     print("wrote", path, os.path.getsize(path), "bytes")
 
 
+# Per type: (ggml type, bytes per block, elements per block, offsets of f16 scale/min fields,
+# byte range of packed sub-block scales or None).
+KINDS = [
+    (T.Q4_0, 18, 32, (0,), None),
+    (T.Q4_1, 20, 32, (0, 2), None),
+    (T.Q5_0, 22, 32, (0,), None),
+    (T.Q5_1, 24, 32, (0, 2), None),
+    (T.Q8_0, 34, 32, (0,), None),
+    (T.Q2_K, 84, 256, (80, 82), (0, 16)),
+    (T.Q3_K, 110, 256, (108,), (96, 108)),
+    (T.Q4_K, 144, 256, (0, 2), (4, 16)),
+    (T.Q5_K, 176, 256, (0, 2), (4, 16)),
+    (T.Q6_K, 210, 256, (208,), (192, 208)),
+    (T.IQ4_NL, 18, 32, (0,), None),
+    (T.IQ4_XS, 136, 256, (0,), (2, 8)),
+]
+
+
+def extreme_blocks(rng, n_blocks, type_size, f16_offsets, scale_range):
+    """Random blocks whose f16 fields cycle through the extremes: moderate random values, +-65504
+    (the largest finite f16, mixed signs for scale and min), the smallest subnormal 2^-24, zero,
+    random finite f16 bit patterns (normals and subnormals of any exponent); and sub-block
+    scales all at their largest (0xFF bytes) or zero, and all-ones quants."""
+    blocks = rng.integers(0, 256, size=(n_blocks, type_size), dtype=np.uint8)
+    for b in range(n_blocks):
+        kind = b % 8
+        for k, off in enumerate(f16_offsets):
+            if kind == 0 or kind == 5 or kind == 6:
+                v = np.float16(rng.uniform(1e-3, 5e-2) * rng.choice([-1.0, 1.0]))
+            elif kind == 1:
+                v = np.float16(65504.0)
+            elif kind == 2:
+                v = np.float16(65504.0 if k == 0 else -65504.0)
+            elif kind == 3:
+                v = f16_bits([0x0001 if k == 0 else 0x8001])[0]
+            elif kind == 4:
+                v = np.float16(0.0)
+            else:
+                bits = int(rng.integers(0, 0x7C00)) | (int(rng.integers(0, 2)) << 15)
+                v = f16_bits([bits])[0]
+            blocks[b, off:off + 2] = np.array([v], dtype=np.float16).view(np.uint8)
+        if scale_range is not None and kind in (5, 6):
+            lo, hi = scale_range
+            blocks[b, lo:hi] = 0xFF if kind == 5 else 0x00
+        if kind == 6:  # quants all ones (largest index / level) beside zero sub-scales
+            mask = np.ones(type_size, dtype=bool)
+            for off in f16_offsets:
+                mask[off:off + 2] = False
+            if scale_range is not None:
+                mask[scale_range[0]:scale_range[1]] = False
+            blocks[b, mask] = 0xFF
+    return blocks
+
+
+def make_quant_kinds():
+    # A stream of its own, so that quant_golden.* above stays byte for byte as it was.
+    rng = np.random.default_rng(SEED + 16)
+    path = os.path.join(OUT, "quant_kinds.gguf")
+    w = GGUFWriter(path, arch="hgtest")
+    manifest = {"file": "quant_kinds.gguf", "values": "quant_kinds.f32", "tensors": []}
+    blob, offset = [], 0
+    for qt, size, bs, f16_offsets, scale_range in KINDS:
+        assert quants.GGML_QUANT_SIZES[qt] == (bs, size), qt
+        rows, per_row = 4, (16 if bs == 32 else 4)  # 16 or 64 blocks: each extreme twice or more
+        blocks = extreme_blocks(rng, rows * per_row, size, f16_offsets, scale_range)
+        arr = blocks.reshape(rows, per_row * size)
+        expected = quants.dequantize(arr, qt).astype(np.float32)
+        name = "k." + qt.name.lower()
+        w.add_tensor(name, arr, raw_dtype=qt)
+        manifest["tensors"].append({"name": name, "ggml_type": int(qt), "type": qt.name,
+                                    "shape": [rows, per_row * bs], "offset": offset,
+                                    "count": int(expected.size), "nbytes": int(arr.nbytes)})
+        blob.append(expected.reshape(-1))
+        offset += expected.size
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    np.concatenate(blob).astype("<f4").tofile(os.path.join(OUT, "quant_kinds.f32"))
+    with open(os.path.join(OUT, "quant_kinds.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.write("\n")
+    print("wrote", path, os.path.getsize(path), "bytes")
+
+
 def make_safetensors():
     import torch
     from safetensors.torch import save_file
@@ -294,8 +383,13 @@ def make_smollm2_golden(model_path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="SmolLM2-135M-Instruct.Q4_1.gguf for smollm2_golden.json")
+    ap.add_argument("--only-kinds", action="store_true",
+                    help="write only quant_kinds.* (needs just gguf and numpy, not torch)")
     args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
+    make_quant_kinds()
+    if args.only_kinds:
+        return
     rng = np.random.default_rng(SEED)
     make_quant_gguf(rng)
     make_safetensors()

@@ -66,7 +66,22 @@ TEST(DtypeTest, BlockSizesMatchGgml) {
   EXPECT_EQ(dtype_block_bytes(DType::kBF16), 2);
   EXPECT_EQ(dtype_block_bytes(DType::kI32), 4);
   EXPECT_EQ(dtype_block_bytes(DType::kI64), 8);
+  EXPECT_EQ(dtype_block_size(DType::kQ5_0), 32);
+  EXPECT_EQ(dtype_block_bytes(DType::kQ5_0), 22);
+  EXPECT_EQ(dtype_block_size(DType::kQ5_1), 32);
+  EXPECT_EQ(dtype_block_bytes(DType::kQ5_1), 24);
+  EXPECT_EQ(dtype_block_size(DType::kQ2_K), 256);
+  EXPECT_EQ(dtype_block_bytes(DType::kQ2_K), 84);
+  EXPECT_EQ(dtype_block_size(DType::kQ3_K), 256);
+  EXPECT_EQ(dtype_block_bytes(DType::kQ3_K), 110);
+  EXPECT_EQ(dtype_block_size(DType::kQ5_K), 256);
+  EXPECT_EQ(dtype_block_bytes(DType::kQ5_K), 176);
+  EXPECT_EQ(dtype_block_size(DType::kIQ4_NL), 32);
+  EXPECT_EQ(dtype_block_bytes(DType::kIQ4_NL), 18);
+  EXPECT_EQ(dtype_block_size(DType::kIQ4_XS), 256);
+  EXPECT_EQ(dtype_block_bytes(DType::kIQ4_XS), 136);
   EXPECT_EQ(dtype_name(DType::kQ4_K), "Q4_K");
+  EXPECT_EQ(dtype_name(DType::kIQ4_XS), "IQ4_XS");
   EXPECT_EQ(dtype_name(DType::kBF16), "BF16");
 }
 
@@ -98,6 +113,39 @@ TEST(DequantTest, MatchesGgufPyBitExact) {
                         << std::dec;
         }
       }
+    }
+    EXPECT_EQ(mismatches, 0);
+  }
+}
+
+// Every quantized type of llama.cpp's common presets (quant_kinds.gguf: random blocks with f16
+// scales and mins at +-65504, 2^-24, 0 and random finite bit patterns, sub-block scales all at
+// their largest or zero) dequantizes to gguf-py's values bit for bit.
+TEST(DequantTest, EveryQuantKindMatchesGgufPyBitExact) {
+  const nlohmann::json manifest = load_json(kQuantDir + "/quant_kinds.json");
+  const std::vector<float> values = load_f32(kQuantDir + "/quant_kinds.f32");
+  auto file = GgufFile::open(kQuantDir + "/quant_kinds.gguf");
+  ASSERT_EQ(manifest["tensors"].size(), 12u);
+  ASSERT_EQ(file->tensors().size(), 12u);
+  for (const auto& t : manifest["tensors"]) {
+    const std::string name = t["name"];
+    SCOPED_TRACE(name);
+    const TensorInfo* info = file->find(name);
+    ASSERT_NE(info, nullptr);
+    EXPECT_EQ(dtype_name(info->dtype), t["type"].get<std::string>());
+    const int64_t n = t["count"];
+    ASSERT_EQ(info->numel(), n);
+    ASSERT_EQ(info->nbytes, t["nbytes"].get<uint64_t>());
+    std::vector<float> out(static_cast<size_t>(n), -12345.0f);
+    dequantize(info->dtype, info->data, out.data(), n);
+    const size_t off = t["offset"];
+    ASSERT_LE(off + static_cast<size_t>(n), values.size());
+    int mismatches = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const float want = values[off + static_cast<size_t>(i)];
+      if (bits(out[i]) != bits(want) && ++mismatches <= 5)
+        ADD_FAILURE() << name << "[" << i << "] = " << out[i] << " (0x" << std::hex << bits(out[i])
+                      << "), gguf-py: " << want << " (0x" << bits(want) << ")" << std::dec;
     }
     EXPECT_EQ(mismatches, 0);
   }

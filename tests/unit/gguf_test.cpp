@@ -464,10 +464,55 @@ TEST_F(MalformedGguf, UnknownTensorType) {
   std::string e = open_error(x);
   EXPECT_TRUE(Contains(e, "blk.0.w"));
   EXPECT_TRUE(Contains(e, "unknown ggml type 99"));
-  Bytes y;  // a real ggml type this reader does not dequantize
-  y.header(3, 1, 0).tensor("blk.0.w", {32}, 6, 0).pad(32).zeros(64);
-  e = open_error(y);
-  EXPECT_TRUE(Contains(e, "ggml type 6 (Q5_0)"));
+  // Real ggml types this reader does not dequantize name themselves, up to the newest of
+  // ggml's enum (gguf-py 0.19's GGMLQuantizationType: 40 = NVFP4, 41 = Q1_0).
+  for (const auto& [type, name] : std::vector<std::pair<uint32_t, std::string>>{{9, "Q8_1"},
+                                                                                {15, "Q8_K"},
+                                                                                {16, "IQ2_XXS"},
+                                                                                {39, "MXFP4"},
+                                                                                {40, "NVFP4"},
+                                                                                {41, "Q1_0"}}) {
+    Bytes y;
+    y.header(3, 1, 0).tensor("blk.0.w", {256}, type, 0).pad(32).zeros(512);
+    e = open_error(y);
+    EXPECT_TRUE(Contains(e, "'blk.0.w'")) << e;
+    EXPECT_TRUE(Contains(e, "ggml type " + std::to_string(type) + " (" + name + ")")) << e;
+  }
+  Bytes z;  // removed from ggml (Q4_2)
+  z.header(3, 1, 0).tensor("blk.1.w", {32}, 4, 0).pad(32).zeros(64);
+  EXPECT_TRUE(Contains(open_error(z), "unknown ggml type 4"));
+}
+
+// Every type of llama.cpp's common presets opens; a row that is not whole super-blocks and a
+// tensor whose bytes run past the file are refused, naming the tensor.
+TEST_F(MalformedGguf, QuantTypesSizesChecked) {
+  struct Case {
+    uint32_t type;
+    uint64_t block, bytes;
+  };
+  for (const Case& c : std::vector<Case>{{6, 32, 22},
+                                         {7, 32, 24},
+                                         {10, 256, 84},
+                                         {11, 256, 110},
+                                         {13, 256, 176},
+                                         {20, 32, 18},
+                                         {23, 256, 136}}) {
+    SCOPED_TRACE(c.type);
+    Bytes ok;
+    ok.header(3, 1, 0).tensor("w", {c.block * 2, 3}, c.type, 0).pad(32).zeros(6 * c.bytes);
+    auto f = GgufFile::open(write(ok, "ok.gguf"));
+    EXPECT_EQ(f->find("w")->nbytes, 6 * c.bytes);
+    Bytes part;  // half a block per row
+    part.header(3, 1, 0).tensor("half", {c.block / 2, 2}, c.type, 0).pad(32).zeros(4 * c.bytes);
+    std::string e = open_error(part);
+    EXPECT_TRUE(Contains(e, "'half'")) << e;
+    EXPECT_TRUE(Contains(e, "block size " + std::to_string(c.block))) << e;
+    Bytes shortf;  // one byte short of the last block
+    shortf.header(3, 1, 0).tensor("cut", {c.block, 4}, c.type, 0).pad(32).zeros(4 * c.bytes - 1);
+    e = open_error(shortf);
+    EXPECT_TRUE(Contains(e, "'cut'")) << e;
+    EXPECT_TRUE(Contains(e, "past the end")) << e;
+  }
 }
 
 TEST_F(MalformedGguf, TooManyDims) {

@@ -158,8 +158,9 @@ int main(int argc, char** argv) {
                "seeded random weights of the shapes in -m's config.json (models/presets)");
   app.add_option("--weight-seed", load.random_seed, "seed of --random-weights")
       ->capture_default_str();
-  app.add_option("--weight-format", weight_format, "weights for the CPU GEMMs: auto, f32, bf16")
-      ->check(CLI::IsMember({"auto", "f32", "bf16"}))
+  app.add_option("--weight-format", weight_format,
+                 "weights for the CPU GEMMs: auto, f32, bf16, native (GGUF blocks as stored)")
+      ->check(CLI::IsMember({"auto", "f32", "bf16", "native"}))
       ->capture_default_str();
   app.add_option("--device", spec.device, "cpu or cuda (every policy)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
@@ -247,9 +248,10 @@ int main(int argc, char** argv) {
     check_writable("--csv", csv_path);
     check_writable("--trace", trace_path);
 
-    load.weight_format = weight_format == "f32"    ? WeightFormat::kF32
-                         : weight_format == "bf16" ? WeightFormat::kBF16
-                                                   : WeightFormat::kAuto;
+    load.weight_format = weight_format == "f32"      ? WeightFormat::kF32
+                         : weight_format == "bf16"   ? WeightFormat::kBF16
+                         : weight_format == "native" ? WeightFormat::kNative
+                                                     : WeightFormat::kAuto;
     load.device = spec.device;
     load.attention.k_min = spec.k_min;
     tools::apply_attention_flags(load.attention, attention_extras);

@@ -77,9 +77,10 @@ std::unique_ptr<hybridgen::Engine> load_reference(Options& o) {
     throw Error(o.load.model_path +
                 ": the default model is not downloaded yet; run models/fetch-default-model.sh "
                 "or pass -m");
-  o.load.weight_format = o.weight_format == "f32"    ? hybridgen::WeightFormat::kF32
-                         : o.weight_format == "bf16" ? hybridgen::WeightFormat::kBF16
-                                                     : hybridgen::WeightFormat::kAuto;
+  o.load.weight_format = o.weight_format == "f32"      ? hybridgen::WeightFormat::kF32
+                         : o.weight_format == "bf16"   ? hybridgen::WeightFormat::kBF16
+                         : o.weight_format == "native" ? hybridgen::WeightFormat::kNative
+                                                       : hybridgen::WeightFormat::kAuto;
   o.load.attention.speculative = !o.exact_query;
   hybridgen::LoadOptions ref = o.load;
   ref.attention.policy = "full";
@@ -659,8 +660,9 @@ void add_common(CLI::App* app, Options& o) {
       ->capture_default_str();
   app->add_option("-t,--threads", o.load.n_threads, "CPU threads (0: all cores)")
       ->capture_default_str();
-  app->add_option("--weight-format", o.weight_format, "weights for the CPU GEMMs: auto, f32, bf16")
-      ->check(CLI::IsMember({"auto", "f32", "bf16"}))
+  app->add_option("--weight-format", o.weight_format,
+                  "weights for the CPU GEMMs: auto, f32, bf16, native (GGUF blocks as stored)")
+      ->check(CLI::IsMember({"auto", "f32", "bf16", "native"}))
       ->capture_default_str();
   app->add_option("--policy", o.policies,
                   "policies, comma-separated: full, hybrid (the scheduler, K = K_min), "

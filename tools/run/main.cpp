@@ -74,8 +74,9 @@ int main(int argc, char** argv) {
                "seeded random weights of the shapes in -m's config.json (model presets)");
   app.add_option("--weight-seed", load.random_seed, "seed of --random-weights")
       ->capture_default_str();
-  app.add_option("--weight-format", weight_format, "weights for the CPU GEMMs: auto, f32, bf16")
-      ->check(CLI::IsMember({"auto", "f32", "bf16"}))
+  app.add_option("--weight-format", weight_format,
+                 "weights for the CPU GEMMs: auto, f32, bf16, native (GGUF blocks as stored)")
+      ->check(CLI::IsMember({"auto", "f32", "bf16", "native"}))
       ->capture_default_str();
   app.add_option("--device", load.device, "where the model runs: cpu or cuda")
       ->check(CLI::IsMember({"cpu", "cuda"}))
@@ -95,9 +96,10 @@ int main(int argc, char** argv) {
   try {
     if (verbose) hybridgen::set_log_level("info");
     if (!log_level.empty()) hybridgen::set_log_level(log_level);
-    load.weight_format = weight_format == "f32"    ? hybridgen::WeightFormat::kF32
-                         : weight_format == "bf16" ? hybridgen::WeightFormat::kBF16
-                                                   : hybridgen::WeightFormat::kAuto;
+    load.weight_format = weight_format == "f32"      ? hybridgen::WeightFormat::kF32
+                         : weight_format == "bf16"   ? hybridgen::WeightFormat::kBF16
+                         : weight_format == "native" ? hybridgen::WeightFormat::kNative
+                                                     : hybridgen::WeightFormat::kAuto;
     load.max_sequences = batch;
     hybridgen::tools::apply_attention_flags(load.attention, attention_extras);
     if (!prompt_file.empty()) {

@@ -168,8 +168,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("-t,--threads", load.n_threads, "CPU threads (0: all cores)")
       ->capture_default_str();
-  app.add_option("--weight-format", weight_format, "weights for the CPU GEMMs: auto, f32, bf16")
-      ->check(CLI::IsMember({"auto", "f32", "bf16"}))
+  app.add_option("--weight-format", weight_format,
+                 "weights for the CPU GEMMs: auto, f32, bf16, native (GGUF blocks as stored)")
+      ->check(CLI::IsMember({"auto", "f32", "bf16", "native"}))
       ->capture_default_str();
   tools::add_attention_flags(app, load.attention, attention_extras);
   app.add_option("--parallel", bopt.parallel, "sequences decoded together at most")
@@ -235,9 +236,10 @@ int main(int argc, char** argv) {
     if (verbose) set_log_level("info");
     if (!log_level.empty()) set_log_level(log_level);
     tools::apply_attention_flags(load.attention, attention_extras);
-    load.weight_format = weight_format == "f32"    ? WeightFormat::kF32
-                         : weight_format == "bf16" ? WeightFormat::kBF16
-                                                   : WeightFormat::kAuto;
+    load.weight_format = weight_format == "f32"      ? WeightFormat::kF32
+                         : weight_format == "bf16"   ? WeightFormat::kBF16
+                         : weight_format == "native" ? WeightFormat::kNative
+                                                     : WeightFormat::kAuto;
     load.max_sequences = bopt.parallel;
     if (!api_key_file.empty()) api_key = read_key_file(api_key_file);
     cfg.api_key = api_key;
