@@ -23,8 +23,8 @@ struct SamplingParams {
 
 // How weights are held for the CPU backend's GEMMs.
 enum class WeightFormat {
-  kAuto,  // f32 for float32 checkpoints up to 2 B parameters (exact); native for quantized
-          // GGUF where it measures faster (docs/quantization.md); bf16 otherwise (speed)
+  kAuto,  // f32 for float32 checkpoints up to 2 B parameters (exact); bf16 otherwise (speed);
+          // not native yet: its 8-bit activations change answers (docs/quantization.md)
   kF32,
   kBF16,
   kNative,  // GGUF quantized blocks as stored, computed on directly (CPU device only)

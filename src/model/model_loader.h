@@ -29,8 +29,8 @@ LoadedModel load_model(const std::string& path, bool random_weights, uint64_t se
                        WeightChoice weights);
 
 // The backend's weight type for a config under a choice (auto: float32 for float32 checkpoints
-// up to 2 B parameters; native for quantized GGUF files where native_is_auto_here(); bf16
-// otherwise).
+// up to 2 B parameters; native for quantized GGUF files where native_is_auto_here() (today
+// nowhere: see its table); bf16 otherwise).
 cpu::WeightType resolve_weight_type(const ModelConfig& config, WeightChoice choice,
                                     bool checkpoint_is_f32, bool checkpoint_is_quantized = false);
 // Whether auto picks native weights for quantized checkpoints on this machine's GEMV path.
