@@ -123,17 +123,22 @@ std::vector<float> Linear::weight_row(int r) const {
 }
 
 void Linear::forward_quant_gemv(const float* x, float* y, int m, int n_rows) const {
-  // One activation quantization per weight type met (Q|K|V may mix types).
-  QuantActivations acts[2];
+  // One activation quantization per weight type met (Q|K|V may mix types). The buffers are
+  // per thread and kept between calls, so a decode step does not allocate per projection;
+  // `filled` says which hold this call's x.
+  thread_local QuantActivations acts[2];
+  bool filled[2] = {false, false};
   int row0 = 0;
   for (const QuantPart& p : parts_) {
     if (row0 >= n_rows) break;
     QuantActivations* a = nullptr;
-    for (QuantActivations& c : acts)
-      if (c.m == m && c.weight_type == p.type) a = &c;
+    for (int i = 0; i < 2; ++i)
+      if (filled[i] && acts[i].weight_type == p.type) a = &acts[i];
     if (!a) {
-      a = acts[0].m == 0 ? &acts[0] : &acts[1];
+      const int i = filled[0] ? 1 : 0;
+      a = &acts[i];
       quantize_activations(p.type, x, m, in_, a);
+      filled[i] = true;
     }
     const int rows = std::min(p.rows, n_rows - row0);
     gemv_quant(p.type, p.blocks.data(), *a, has_bias() ? bias_.data() + row0 : nullptr, y + row0,
