@@ -10,7 +10,8 @@
 //  - Activations are float32 everywhere (the residual stream, norms, RoPE, attention, FFN).
 //    GEMM inputs are rounded to bf16 inside linear() (as cpu::Linear does for bf16 weights);
 //    weights are bf16, accumulation and outputs float32.
-//  - The KV cache is float32 in device memory, one buffer per sequence slot laid out
+//  - The KV cache is float32 or bf16 (uint16_t bits; the CUDA backend's full path) in device
+//    memory, one buffer per sequence slot laid out
 //    [n_layers][n_kv_heads, capacity, head_dim] (the same layout as kv::KvCacheManager's host
 //    store), addressed through a device array of slot base pointers.
 //  - Launchers are asynchronous on `stream` (nullptr: the legacy default stream) and throw
