@@ -5,7 +5,7 @@
 // Memory on the device:
 //  - weights: projections bf16 [out, in] (float32 checkpoints are rounded to bf16 on upload),
 //    biases, norms, the token embedding and OPT's position embedding float32;
-//  - the KV cache, float32, one buffer per sequence slot for K and one for V, each
+//  - the KV cache (policy full), bf16, one buffer per sequence slot for K and one for V, each
 //    [n_layers][n_kv_heads, n_ctx, head_dim] (kv::KvCacheManager's layout). The backend takes
 //    positions from the KvCacheManager (cache.reserve(seq, 1) per token, exactly as the CPU
 //    backend) but never calls cache.write(): K/V live only here, so the manager allocates no host
@@ -228,10 +228,11 @@ class CudaBackend final : public Backend {
   std::vector<DeviceLayer> layers_;
   DeviceBuffer inv_freq_;  // [rope_dim / 2] (RoPE models)
 
-  // KV cache: per slot [n_layers][n_kv_heads, n_ctx, head_dim] float32, and the device arrays of
-  // the slots' base pointers that the kernels index by sequence.
+  // KV cache: per slot [n_layers][n_kv_heads, n_ctx, head_dim] bf16 (uint16_t bits; the kernels
+  // widen each element to float32 and accumulate in float32), and the device arrays of the
+  // slots' base pointers that the kernels index by sequence.
   std::vector<DeviceBuffer> k_cache_, v_cache_;  // [max_sequences]
-  DeviceBuffer k_slots_, v_slots_;               // float*[max_sequences]
+  DeviceBuffer k_slots_, v_slots_;               // uint16_t*[max_sequences]
 
   // Activations, for token_capacity_ tokens.
   int token_capacity_ = 0;
@@ -305,7 +306,7 @@ CudaBackend::CudaBackend(const ModelConfig& c, const ModelWeights& w, int n_ctx,
   cudaDeviceProp prop{};
   CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
 
-  // What the device must hold, checked up front for a clear message. Full: float32 K/V of the
+  // What the device must hold, checked up front for a clear message. Full: bf16 K/V of the
   // whole context of every sequence slot. Hybrid: the bf16 window of every sequence and layer
   // (capped by --gpu-memory-mb) and the exact-attention workspace; nothing per context token.
   const bool hybrid = options.hybrid != nullptr;
@@ -314,7 +315,7 @@ CudaBackend::CudaBackend(const ModelConfig& c, const ModelWeights& w, int n_ctx,
            "CUDA backend: the hybrid runtime needs a host allocator");
   const uint64_t weight_bytes = weight_bytes_of(w);
   const uint64_t kv_slot_bytes =
-      uint64_t(c.n_layers) * c.n_kv_heads * uint64_t(n_ctx) * c.head_dim * sizeof(float);
+      uint64_t(c.n_layers) * c.n_kv_heads * uint64_t(n_ctx) * c.head_dim * sizeof(uint16_t);
   const int window = hybrid ? (runtime::policy_row(options.hybrid->policy).window_zero
                                    ? 0
                                    : std::min(options.hybrid->window, n_ctx))
@@ -340,7 +341,7 @@ CudaBackend::CudaBackend(const ModelConfig& c, const ModelWeights& w, int n_ctx,
     fail("--device cuda: the model needs " + mib(need) + " of GPU memory (weights " +
          mib(weight_bytes) + " bf16, " +
          (hybrid ? "KV window " + mib(kv_bytes) + " for " + std::to_string(window) + " tokens x "
-                 : "KV cache " + mib(kv_bytes) + " (float32, policy full) for ") +
+                 : "KV cache " + mib(kv_bytes) + " (bf16, policy full) for ") +
          std::to_string(max_sequences) + " sequence(s)" +
          (hybrid ? "" : " x " + std::to_string(n_ctx) + " tokens") +
          ", activations and workspaces " + mib(act_bytes) + ") but " + std::string(prop.name) +
@@ -396,17 +397,17 @@ CudaBackend::CudaBackend(const ModelConfig& c, const ModelWeights& w, int n_ctx,
   }
 
   // KV cache (policy full): one K and one V buffer per sequence slot.
-  std::vector<float*> k_ptrs(max_sequences), v_ptrs(max_sequences);
+  std::vector<uint16_t*> k_ptrs(max_sequences), v_ptrs(max_sequences);
   for (int s = 0; s < max_sequences && !hybrid; ++s) {
     k_cache_.emplace_back(kv_slot_bytes, "the KV cache (keys)");
     v_cache_.emplace_back(kv_slot_bytes, "the KV cache (values)");
-    k_ptrs[s] = k_cache_.back().as<float>();
-    v_ptrs[s] = v_cache_.back().as<float>();
+    k_ptrs[s] = k_cache_.back().as<uint16_t>();
+    v_ptrs[s] = v_cache_.back().as<uint16_t>();
   }
-  k_slots_ = DeviceBuffer(sizeof(float*) * max_sequences, "the KV cache slot table");
-  v_slots_ = DeviceBuffer(sizeof(float*) * max_sequences, "the KV cache slot table");
-  cuda::copy_to_device(k_slots_.as<void>(), k_ptrs.data(), sizeof(float*) * max_sequences);
-  cuda::copy_to_device(v_slots_.as<void>(), v_ptrs.data(), sizeof(float*) * max_sequences);
+  k_slots_ = DeviceBuffer(sizeof(uint16_t*) * max_sequences, "the KV cache slot table");
+  v_slots_ = DeviceBuffer(sizeof(uint16_t*) * max_sequences, "the KV cache slot table");
+  cuda::copy_to_device(k_slots_.as<void>(), k_ptrs.data(), sizeof(uint16_t*) * max_sequences);
+  cuda::copy_to_device(v_slots_.as<void>(), v_ptrs.data(), sizeof(uint16_t*) * max_sequences);
 
   ensure_tokens(first_capacity);
   if (!hybrid) {  // the split-KV decode workspace, once (no allocation inside a decode step)
@@ -451,7 +452,7 @@ CudaBackend::CudaBackend(const ModelConfig& c, const ModelWeights& w, int n_ctx,
       "CUDA backend on {} (sm_{}{}): weights {:.1f} MiB, {} {:.1f} MiB ({} x {} tokens), "
       "activations and workspaces {:.1f} MiB; {:.1f} MiB free before loading",
       prop.name, prop.major, prop.minor, weight_bytes / 1048576.0,
-      hybrid ? "KV window (bf16)" : "KV cache (float32)", kv_bytes / 1048576.0, max_sequences,
+      hybrid ? "KV window (bf16)" : "KV cache (bf16)", kv_bytes / 1048576.0, max_sequences,
       hybrid ? window : n_ctx, act_bytes / 1048576.0, free_b / 1048576.0);
 }
 
@@ -611,8 +612,8 @@ void CudaBackend::forward(const Batch& batch, kv::KvCacheManager& cache,
   float* att = att_.as<float>();  // [n, n_heads, head_dim]
   float* ffn = ffn_.as<float>();  // [n, ffn_w]
   float* act = act_.as<float>();  // [n, d_ff]
-  float* const* k_slots = k_slots_.as<float*>();
-  float* const* v_slots = v_slots_.as<float*>();
+  uint16_t* const* k_slots = k_slots_.as<uint16_t*>();  // bf16 KV cache (policy full)
+  uint16_t* const* v_slots = v_slots_.as<uint16_t*>();
 
   cuda::embedding(token_embedding_.as<float>(), d_tokens, n, d, x, s);
   if (c.learned_positions)
@@ -760,7 +761,7 @@ runtime::DeviceBudget cuda_device_budget(const ModelConfig& c, const ModelWeight
       4 * uint64_t(cap) * (3 * uint64_t(c.d_model) + qkv_w + q_w + ffn_w + c.d_ff) +
       2 * uint64_t(cap) * widest + 16 * uint64_t(cap) + uint64_t(cap) * c.vocab_size * 4 +
       4 * uint64_t(cap) * (q_w + 2 * kv_w);
-  b.full_kv_bytes_per_token = uint64_t(c.n_layers) * kv_w * 4 * 2;
+  b.full_kv_bytes_per_token = uint64_t(c.n_layers) * kv_w * 2 * 2;  // bf16 K and V
   b.window_bytes_per_token = uint64_t(c.n_layers) * kv_w * 2 * 2;
   b.cap_bytes = cap_bytes;
   b.n_ctx = n_ctx;

@@ -52,6 +52,34 @@ struct DeviceBuffer {
   }
 };
 
+// A decode step's evictions, batched (issue 14): every (sequence, layer) whose window ring
+// evicts during the step's decode appends gets its oldest slot(s) copied device-to-device into
+// `dev` (on the compute stream, so before the new token's window_write overwrites the slot);
+// at the step's end ONE cudaMemcpyAsync on the copy stream (after the `ready` event on the
+// compute stream) brings the whole batch into pinned memory, and the next step's begin (or any
+// entry point that reads the host stores: exact attention, the runtime's sync_host_stores)
+// waits on `done` and scatters the rows into the host stores, before the CPU stage reads them.
+// The host stores' row counts are committed at append time (the token mapper must say the row
+// is offloaded at once); the rows' bytes arrive with the publish. Nothing reads those rows in
+// between: within a step the CPU stage of layer l runs before layer l's decode.
+struct EvictBatch {
+  struct Entry {
+    uint16_t* k_dst;     // host store rows: KV head h at k_dst + h * stride
+    uint16_t* v_dst;
+    int64_t stride;      // elements between KV heads of the host stores
+    int n;               // tokens
+    size_t off;          // elements into dev / pinned: K [n_kv_heads, n, hd], then V likewise
+  };
+  DeviceBuffer dev;              // [queued entries] bf16, packed
+  uint16_t* pinned = nullptr;    // the same bytes, host side (cudaHostAlloc)
+  size_t pinned_bytes = 0;
+  std::vector<Entry> entries;
+  size_t used = 0;               // elements queued in dev
+  bool in_flight = false;        // the D2H is queued; `done` marks its end
+  cudaEvent_t ready = nullptr, done = nullptr;
+  uint64_t steps_shipped = 0, copies = 0, rows_published = 0;  // counters for the tests
+};
+
 struct Streams {
   cudaStream_t compute = nullptr, copy = nullptr;
   bool own_compute = true;  // false: the CUDA backend's stream
@@ -60,10 +88,9 @@ struct Streams {
   // Set by the stage around TieredLayerKv::append: the K/V rows it passes are in host memory
   // (host_io, or host copies made for tokens that skip the window), else in device memory.
   bool src_on_host = true;
-  // Set around decode appends: the eviction's device-to-host copy stays queued on the compute
-  // stream (the host stores are next read by the CPU stage after the step's end, which
-  // synchronises on step_end); else the copy is waited for.
-  bool async_export = false;
+  // Set around decode appends: evictions go into this step's batch (EvictBatch); else (exact
+  // attention's bulk appends) straight into the host stores, waited for.
+  EvictBatch* batch = nullptr;
   DeviceBuffer staging_k, staging_v;  // window writes from host memory: float32 K/V rows
 };
 
@@ -111,12 +138,25 @@ class CudaWindowStore final : public kv::WindowStore {
     const size_t src_pitch = size_t(capacity_) * head_dim_ * sizeof(uint16_t);
     const size_t dst_pitch = size_t(dst_head_stride) * sizeof(uint16_t);
     const size_t off = size_t(slot) * head_dim_;
+    if (EvictBatch* eb = st_.batch) {  // decode: into the step's batch, device-to-device
+      const size_t part = size_t(n) * n_kv_heads_ * head_dim_;  // elements of K (or V)
+      HG_CHECK(eb->used + 2 * part <= eb->dev.bytes / sizeof(uint16_t),
+               "CUDA window: the eviction batch is full (the stage sizes it before appends)");
+      uint16_t* dk = eb->dev.as<uint16_t>() + eb->used;
+      CUDA_CHECK(cudaMemcpy2DAsync(dk, width, k_ + off, src_pitch, width, n_kv_heads_,
+                                   cudaMemcpyDeviceToDevice, st_.compute));
+      CUDA_CHECK(cudaMemcpy2DAsync(dk + part, width, v_ + off, src_pitch, width, n_kv_heads_,
+                                   cudaMemcpyDeviceToDevice, st_.compute));
+      eb->entries.push_back({k_dst, v_dst, dst_head_stride, n, eb->used});
+      eb->used += 2 * part;
+      return;
+    }
     CUDA_CHECK(cudaMemcpy2DAsync(k_dst, dst_pitch, k_ + off, src_pitch, width, n_kv_heads_,
                                  cudaMemcpyDeviceToHost, st_.compute));
     CUDA_CHECK(cudaMemcpy2DAsync(v_dst, dst_pitch, v_ + off, src_pitch, width, n_kv_heads_,
                                  cudaMemcpyDeviceToHost, st_.compute));
     // Outside decode the host stores are read by the CPU as soon as append() returns.
-    if (!st_.async_export) CUDA_CHECK(cudaStreamSynchronize(st_.compute));
+    CUDA_CHECK(cudaStreamSynchronize(st_.compute));
   }
   uint64_t capacity_bytes() const override { return bytes_; }
   const float* host_keys(int) const override { return nullptr; }
@@ -161,6 +201,8 @@ class CudaDeviceStage final : public DeviceStage {
       CUDA_CHECK(cudaEventCreateWithFlags(&used_[i], cudaEventDisableTiming));
       CUDA_CHECK(cudaEventCreateWithFlags(&pf_[i].done, cudaEventDisableTiming));
     }
+    CUDA_CHECK(cudaEventCreateWithFlags(&evict_.ready, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreateWithFlags(&evict_.done, cudaEventDisableTiming));
     if (o.reserve_ctx > 0 && o.reserve_sequences > 0) reserve(o);
     CUDA_CHECK(cudaEventCreate(&st_.step_begin));
     CUDA_CHECK(cudaEventCreate(&st_.step_end));
@@ -181,6 +223,10 @@ class CudaDeviceStage final : public DeviceStage {
       }
     (void)cudaEventDestroy(st_.step_begin);
     (void)cudaEventDestroy(st_.step_end);
+    // A batch still pending is dropped: the host stores may be gone (the runtime owns them).
+    (void)cudaEventDestroy(evict_.ready);
+    (void)cudaEventDestroy(evict_.done);
+    if (evict_.pinned) (void)cudaFreeHost(evict_.pinned);
     if (st_.own_compute) (void)cudaStreamDestroy(st_.compute);
     (void)cudaStreamDestroy(st_.copy);
   }
@@ -212,6 +258,10 @@ class CudaDeviceStage final : public DeviceStage {
 
   void decode(int il, const DecodeRow* rows, int n) override;
   ExactResult exact(int il, const ExactBatch& b, bool stream_offloaded) override;
+  void sync_host_stores() override { publish_evictions(); }
+  EvictionCounters eviction_counters() const {
+    return {evict_.steps_shipped, evict_.copies, evict_.rows_published};
+  }
 
  private:
   struct TxEvents {
@@ -232,13 +282,18 @@ class CudaDeviceStage final : public DeviceStage {
   TxEvents tx_events();
   double collect_tx();
   void reserve(const CudaStageOptions& o);
+  void evict_room(size_t elements);
+  void ship_evictions();
+  void publish_evictions();
 
  public:
   void begin_step() override {
+    publish_evictions();  // the previous step's, before this step's CPU stage reads the stores
     CUDA_CHECK(cudaEventRecord(st_.step_begin, st_.compute));
     timed_ = true;
   }
   std::optional<double> step_seconds() override {
+    ship_evictions();  // the step's one D2H, on the copy stream (not in the step's events)
     if (!timed_) return std::nullopt;
     timed_ = false;
     CUDA_CHECK(cudaEventRecord(st_.step_end, st_.compute));
@@ -255,6 +310,7 @@ class CudaDeviceStage final : public DeviceStage {
   ModelDims d_;
   memory::HostAllocator& alloc_;
   Streams st_;
+  EvictBatch evict_;
   bool timed_ = false;
   // Decode buffers (device), grown as needed.
   DeviceBuffer rows_dev_, q_dev_, k_dev_, v_dev_, out_dev_, logits_dev_, values_dev_, scores_dev_;
@@ -400,6 +456,8 @@ void CudaDeviceStage::decode(int il, const DecodeRow* rows, int n) {
                                  st_.compute));
   // Device mode without H2O scores: nothing to wait for (the outputs stay on the device).
   if (st_.host_io || any_heavy) CUDA_CHECK(cudaStreamSynchronize(st_.compute));
+  // Each row's append evicts at most one token: room for n more in the step's batch.
+  evict_room(size_t(n) * 2 * kv_w);
   for (int b = 0; b < n; ++b) {
     const DecodeRow& r = rows[b];
     if (r.heavy) {  // H2O's score: attention mass per position, summed over the group
@@ -422,8 +480,8 @@ void CudaDeviceStage::decode(int il, const DecodeRow* rows, int n) {
       }
       r.heavy->end_update();
     }
-    // The new token enters the window; the oldest leaves it for the host stores (the copy
-    // queued on the compute stream, waited for at the step's end). host_io: from the host row.
+    // The new token enters the window; the oldest leaves it for the host stores (into the
+    // step's eviction batch, shipped at the step's end). host_io: from the host row.
     // Device mode: from the device row, except with window 0, where the token goes straight
     // to the host stores (TieredLayerKv converts it there), so it comes to the host first.
     if (!st_.host_io && r.kv->window_budget() == 0) {
@@ -438,12 +496,75 @@ void CudaDeviceStage::decode(int il, const DecodeRow* rows, int n) {
       r.kv->append(1, host_k_.data(), host_v_.data());
     } else {
       st_.src_on_host = st_.host_io;
-      st_.async_export = !st_.host_io;
+      st_.batch = &evict_;
+      struct Reset {  // an append that throws must not leave later appends batched
+        Streams& s;
+        ~Reset() { s.batch = nullptr; }
+      } reset{st_};
       r.kv->append(1, r.k_new, r.v_new);
-      st_.async_export = false;
     }
   }
   st_.src_on_host = st_.host_io;
+}
+
+// Room for `elements` more bf16 values in the step's eviction batch. Growing frees the device
+// buffer, so whatever is queued is published first (only when the batch was sized too small:
+// reserve() sizes it for every layer of the largest batch).
+void CudaDeviceStage::evict_room(size_t elements) {
+  EvictBatch& eb = evict_;
+  if (eb.in_flight) publish_evictions();  // a previous step's batch: out of the buffer first
+  if (eb.used + elements <= eb.dev.bytes / sizeof(uint16_t)) return;
+  publish_evictions();
+  // A whole step's worth: every layer evicting `elements`.
+  eb.dev.need(std::max<size_t>(elements, 1) * size_t(std::max(d_.n_layers, 1)) * 2,
+              "the decode step's eviction batch");
+  if (eb.pinned_bytes < eb.dev.bytes) {
+    if (eb.pinned) CUDA_CHECK(cudaFreeHost(eb.pinned));
+    eb.pinned = nullptr;
+    eb.pinned_bytes = 0;
+    void* p = nullptr;
+    CUDA_CHECK(cudaHostAlloc(&p, eb.dev.bytes, cudaHostAllocPortable));
+    eb.pinned = static_cast<uint16_t*>(p);
+    eb.pinned_bytes = eb.dev.bytes;
+  }
+}
+
+// The step's evictions device-to-host in one copy on the copy stream, after the compute
+// stream's device-to-device gathers (event `ready`); `done` marks its end. Not waited for here.
+void CudaDeviceStage::ship_evictions() {
+  EvictBatch& eb = evict_;
+  if (eb.entries.empty() || eb.in_flight) return;
+  CUDA_CHECK(cudaEventRecord(eb.ready, st_.compute));
+  CUDA_CHECK(cudaStreamWaitEvent(st_.copy, eb.ready, 0));
+  CUDA_CHECK(cudaMemcpyAsync(eb.pinned, eb.dev.p, eb.used * sizeof(uint16_t),
+                             cudaMemcpyDeviceToHost, st_.copy));
+  CUDA_CHECK(cudaEventRecord(eb.done, st_.copy));
+  eb.in_flight = true;
+  ++eb.steps_shipped;
+  ++eb.copies;
+}
+
+// Waits for the shipped batch (shipping it first if the step's end was not reached) and
+// scatters its rows into the host stores: KV head h of an entry's n tokens is one run of
+// n * head_dim values in the store ([n_kv_heads, capacity, head_dim], token-major per head).
+void CudaDeviceStage::publish_evictions() {
+  EvictBatch& eb = evict_;
+  if (eb.entries.empty()) return;
+  ship_evictions();
+  CUDA_CHECK(cudaEventSynchronize(eb.done));
+  const int hd = d_.head_dim, nkv = d_.n_kv_heads;
+  for (const EvictBatch::Entry& e : eb.entries) {
+    const size_t run = size_t(e.n) * hd, part = run * nkv;
+    const uint16_t* src = eb.pinned + e.off;
+    for (int h = 0; h < nkv; ++h) {
+      std::memcpy(e.k_dst + h * e.stride, src + h * run, run * sizeof(uint16_t));
+      std::memcpy(e.v_dst + h * e.stride, src + part + h * run, run * sizeof(uint16_t));
+    }
+    eb.rows_published += uint64_t(e.n);
+  }
+  eb.entries.clear();
+  eb.used = 0;
+  eb.in_flight = false;
 }
 
 // Exact attention over both tiers: the tokens are appended first (in bulk), then each
@@ -451,6 +572,7 @@ void CudaDeviceStage::decode(int il, const DecodeRow* rows, int n) {
 // [n_kv_heads, capacity, head_dim]) and one kernel attends over them and the window.
 ExactResult CudaDeviceStage::exact(int il, const ExactBatch& b, bool stream_offloaded) {
   (void)il;
+  publish_evictions();  // the host stores are read (aog, prefill) and appended to below
   ExactResult res;
   const int n = b.n, hd = d_.head_dim, nkv = d_.n_kv_heads, nh = d_.n_heads;
   const int64_t q_w = int64_t(nh) * hd, kv_w = int64_t(nkv) * hd;
@@ -732,6 +854,9 @@ void CudaDeviceStage::reserve(const CudaStageOptions& o) {
     wb = std::max(wb, cuda::attention_workspace_bytes(n, d_.n_heads, d_.n_kv_heads, d_.head_dim,
                                                       o.reserve_ctx));
   if (wb) work_dev_.need(wb, "attention workspace");
+  // the step's eviction batch: one token per sequence and layer, K and V, bf16 (+ its pinned
+  // twin).
+  evict_room(seqs * 2 * kv_w);
   if (o.aog)
     for (int i = 0; i < 2; ++i) {
       pk_[i].need(seqs * ctx * kv_w * 2, "aog prefetch (keys)");
@@ -773,6 +898,11 @@ double CudaDeviceStage::collect_tx() {
 }  // namespace
 
 bool cuda_device_stage_available(std::string* why) { return cuda_available(why); }
+
+EvictionCounters cuda_eviction_counters(const DeviceStage& stage) {
+  const auto* c = dynamic_cast<const CudaDeviceStage*>(&stage);
+  return c ? c->eviction_counters() : EvictionCounters{};
+}
 
 std::unique_ptr<DeviceStage> make_cuda_device_stage(const ModelDims& dims,
                                                     memory::HostAllocator& alloc,

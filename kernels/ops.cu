@@ -163,14 +163,32 @@ __global__ void rope_kernel(float* __restrict__ x, int64_t row_stride, int n, in
 }
 
 // ---- KV cache and attention -----------------------------------------------------------------
+// The KV cache holds float32 or bf16 (uint16_t bits); the kernels are templates on the element
+// type T and read every element through kv_load (bf16 widens exactly to float32), so the
+// arithmetic (scores, softmax, accumulation) is float32 for both.
+
+__device__ __forceinline__ float kv_load(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float kv_load(const uint16_t* p, int64_t i) {
+  return __uint_as_float(static_cast<uint32_t>(p[i]) << 16);
+}
+__device__ __forceinline__ void kv_store(float* p, int64_t i, float x) { p[i] = x; }
+// Round to nearest even, as hybridgen::f32_to_bf16 (NaN kept quiet).
+__device__ __forceinline__ void kv_store(uint16_t* p, int64_t i, float x) {
+  const uint32_t u = __float_as_uint(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    p[i] = static_cast<uint16_t>((u >> 16) | 0x40);
+    return;
+  }
+  p[i] = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
 
 // One thread per copied element: total = n * n_kv_heads * head_dim.
+template <class T>
 __global__ void kv_append_kernel(const float* __restrict__ k, const float* __restrict__ v,
                                  int64_t row_stride, int n, int n_kv_heads, int head_dim,
                                  const int32_t* __restrict__ seq, const int32_t* __restrict__ pos,
-                                 float* const* __restrict__ k_slots,
-                                 float* const* __restrict__ v_slots, int64_t layer_offset,
-                                 int capacity) {
+                                 T* const* __restrict__ k_slots, T* const* __restrict__ v_slots,
+                                 int64_t layer_offset, int capacity) {
   const int64_t total = int64_t(n) * n_kv_heads * head_dim;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
@@ -181,8 +199,8 @@ __global__ void kv_append_kernel(const float* __restrict__ k, const float* __res
     const int s = seq[t];
     const int64_t dst = layer_offset + (int64_t(h) * capacity + pos[t]) * head_dim + i;
     const int64_t src = t * row_stride + int64_t(h) * head_dim + i;
-    k_slots[s][dst] = k[src];
-    v_slots[s][dst] = v[src];
+    kv_store(k_slots[s], dst, k[src]);
+    kv_store(v_slots[s], dst, v[src]);
   }
 }
 
@@ -192,11 +210,12 @@ __global__ void kv_append_kernel(const float* __restrict__ k, const float* __res
 // tile (lanes split head_dim, then a warp sum), the block takes the tile's max, rescales the
 // running sum and accumulator (online softmax, all float32), and each thread accumulates
 // p * V for the head dimensions it owns (i = threadIdx.x + k * blockDim.x).
+template <class T>
 __global__ void attention_kernel(const float* __restrict__ q, int64_t q_stride, int n_heads,
                                  int group, int head_dim, const int32_t* __restrict__ seq,
                                  const int32_t* __restrict__ pos,
-                                 const float* const* __restrict__ k_slots,
-                                 const float* const* __restrict__ v_slots, int64_t layer_offset,
+                                 const T* const* __restrict__ k_slots,
+                                 const T* const* __restrict__ v_slots, int64_t layer_offset,
                                  int capacity, float scale, int window, float* __restrict__ out) {
   extern __shared__ float smem[];
   float* q_s = smem;            // [head_dim]
@@ -210,8 +229,8 @@ __global__ void attention_kernel(const float* __restrict__ q, int64_t q_stride, 
   const int hi = pos[t];
   const int lo = window > 0 ? max(0, hi - window + 1) : 0;
   const int64_t head_offset = layer_offset + int64_t(kvh) * capacity * head_dim;
-  const float* kb = k_slots[seq[t]] + head_offset;  // [capacity, head_dim]
-  const float* vb = v_slots[seq[t]] + head_offset;  // [capacity, head_dim]
+  const T* kb = k_slots[seq[t]] + head_offset;  // [capacity, head_dim]
+  const T* vb = v_slots[seq[t]] + head_offset;  // [capacity, head_dim]
   const float* qh = q + int64_t(t) * q_stride + int64_t(h) * head_dim;
 
   for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
@@ -227,9 +246,9 @@ __global__ void attention_kernel(const float* __restrict__ q, int64_t q_stride, 
   for (int start = lo; start <= hi; start += kAttnTile) {
     const int len = min(kAttnTile, hi - start + 1);
     for (int j = warp; j < len; j += n_warps) {
-      const float* kr = kb + int64_t(start + j) * head_dim;
+      const T* kr = kb + int64_t(start + j) * head_dim;
       float dot = 0.f;
-      for (int i = lane; i < head_dim; i += kWarp) dot += q_s[i] * kr[i];
+      for (int i = lane; i < head_dim; i += kWarp) dot += q_s[i] * kv_load(kr, i);
       dot = warp_sum(dot);
       if (lane == 0) sc[j] = dot * scale;
     }
@@ -250,7 +269,7 @@ __global__ void attention_kernel(const float* __restrict__ q, int64_t q_stride, 
     m = m_new;
     for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
       float a = acc[i] * corr;
-      for (int j = 0; j < len; ++j) a += sc[j] * vb[int64_t(start + j) * head_dim + i];
+      for (int j = 0; j < len; ++j) a += sc[j] * kv_load(vb, int64_t(start + j) * head_dim + i);
       acc[i] = a;
     }
     __syncthreads();  // sc[] is rewritten by the next tile
@@ -284,12 +303,13 @@ __device__ __forceinline__ bool split_range(int lo, int hi, int n_splits, int c,
 // dynamic shared memory: (gmax * head_dim + kSplitMaxG * (kSplitTile + 3)) floats, gmax =
 // min(group, kSplitMaxG).
 // work_o: [n * n_heads, n_splits, head_dim]; work_ml: [n * n_heads, n_splits, 2] (max, sum).
+template <class T>
 __global__ void __launch_bounds__(kSplitThreads)
     attention_split_kernel(const float* __restrict__ q, int64_t q_stride, int n_heads,
                            int n_kv_heads, int group, int head_dim, const int32_t* __restrict__ seq,
                            const int32_t* __restrict__ pos,
-                           const float* const* __restrict__ k_slots,
-                           const float* const* __restrict__ v_slots, int64_t layer_offset,
+                           const T* const* __restrict__ k_slots,
+                           const T* const* __restrict__ v_slots, int64_t layer_offset,
                            int capacity, float scale, int window, int n_splits,
                            float* __restrict__ work_o, float* __restrict__ work_ml) {
   extern __shared__ float smem[];
@@ -315,8 +335,8 @@ __global__ void __launch_bounds__(kSplitThreads)
   if (!split_range(lo, hi, n_splits, split, &c_lo, &c_hi)) return;  // never read
 
   const int64_t head_offset = layer_offset + int64_t(kvh) * capacity * head_dim;
-  const float* kb = k_slots[seq[t]] + head_offset;  // [capacity, head_dim]
-  const float* vb = v_slots[seq[t]] + head_offset;  // [capacity, head_dim]
+  const T* kb = k_slots[seq[t]] + head_offset;  // [capacity, head_dim]
+  const T* vb = v_slots[seq[t]] + head_offset;  // [capacity, head_dim]
   const float* qt = q + int64_t(t) * q_stride + int64_t(h0) * head_dim;
   for (int i = threadIdx.x; i < gsz * head_dim; i += blockDim.x) q_s[i] = qt[i];
   if (threadIdx.x < kSplitMaxG) {
@@ -344,11 +364,11 @@ __global__ void __launch_bounds__(kSplitThreads)
 #pragma unroll
       for (int u = 0; u < kRows; ++u) {
         const int j = j0 + u;
-        const float* row = kb + int64_t(start + j) * head_dim;
+        const T* row = kb + int64_t(start + j) * head_dim;
 #pragma unroll
         for (int r = 0; r < kRegs; ++r) {
           const int i = lane + r * kWarp;
-          kr[u][r] = (j < len && i < head_dim) ? row[i] : 0.f;
+          kr[u][r] = (j < len && i < head_dim) ? kv_load(row, i) : 0.f;
         }
       }
 #pragma unroll
@@ -403,7 +423,7 @@ __global__ void __launch_bounds__(kSplitThreads)
           if (g < gsz) acc[r][g] *= corr_s[g];
 #pragma unroll 4
         for (int j = 0; j < len; ++j) {
-          const float v = vb[int64_t(start + j) * head_dim + i];
+          const float v = kv_load(vb, int64_t(start + j) * head_dim + i);
 #pragma unroll
           for (int g = 0; g < kSplitMaxG; ++g)
             if (g < gsz) acc[r][g] += sc[g * kSplitTile + j] * v;
@@ -476,13 +496,13 @@ constexpr int tile_smem_floats() {
          kTileQ * (TileK<HD>::value + 1);
 }
 
-template <int HD>
+template <int HD, class T>
 __global__ void __launch_bounds__(kTileThreads, 2)
     attention_tiled_kernel(const float* __restrict__ q, int64_t q_stride, int n, int n_heads,
                            int group, const int32_t* __restrict__ seq,
                            const int32_t* __restrict__ pos,
-                           const float* const* __restrict__ k_slots,
-                           const float* const* __restrict__ v_slots, int64_t layer_offset,
+                           const T* const* __restrict__ k_slots,
+                           const T* const* __restrict__ v_slots, int64_t layer_offset,
                            int capacity, float scale, int window, float* __restrict__ out) {
   constexpr int BK = TileK<HD>::value;
   constexpr int NB = BK / 16;                           // score columns per thread
@@ -512,8 +532,8 @@ __global__ void __launch_bounds__(kTileThreads, 2)
     const int k_lo = window > 0 ? max(0, p0 - window + 1) : 0;
     const int k_hi = p0 + (re - rs) - 1;
     const int64_t head_offset = layer_offset + int64_t(kvh) * capacity * HD;
-    const float* kb = k_slots[s0] + head_offset;  // [capacity, HD]
-    const float* vb = v_slots[s0] + head_offset;  // [capacity, HD]
+    const T* kb = k_slots[s0] + head_offset;  // [capacity, HD]
+    const T* vb = v_slots[s0] + head_offset;  // [capacity, HD]
 
     for (int idx = tid; idx < kTileQ * HD; idx += kTileThreads) {
       const int r = idx / HD, d = idx % HD;
@@ -541,8 +561,8 @@ __global__ void __launch_bounds__(kTileThreads, 2)
         const int kp = kt + j;
         float kv = 0.f, vv = 0.f;
         if (kp <= k_hi) {
-          kv = kb[int64_t(kp) * HD + d];
-          vv = vb[int64_t(kp) * HD + d];
+          kv = kv_load(kb, int64_t(kp) * HD + d);
+          vv = kv_load(vb, int64_t(kp) * HD + d);
         }
         Ks[j * KS + d] = kv;
         Vs[j * HD + d] = vv;
@@ -841,19 +861,36 @@ void linear(BlasHandle handle, const uint16_t* w, const float* bias, const float
   if (bias) add_bias(y, bias, m, out, stream);
 }
 
-void kv_append(const float* k, const float* v, int64_t row_stride, int n, int n_kv_heads,
-               int head_dim, const int32_t* seq, const int32_t* pos, float* const* k_slots,
-               float* const* v_slots, int layer, int capacity, Stream stream) {
+namespace {
+template <class T>
+void kv_append_impl(const float* k, const float* v, int64_t row_stride, int n, int n_kv_heads,
+                    int head_dim, const int32_t* seq, const int32_t* pos, T* const* k_slots,
+                    T* const* v_slots, int layer, int capacity, Stream stream) {
   if (n <= 0) return;
   check_arg(n_kv_heads > 0 && head_dim > 0 && capacity > 0 && layer >= 0 &&
                 row_stride >= int64_t(n_kv_heads) * head_dim,
             "kv_append", "bad shape");
   const int64_t total = int64_t(n) * n_kv_heads * head_dim;
   const int64_t layer_offset = int64_t(layer) * n_kv_heads * capacity * head_dim;
-  kv_append_kernel<<<grid_for(total, kThreads), kThreads, 0, stream>>>(
+  kv_append_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(
       k, v, row_stride, n, n_kv_heads, head_dim, seq, pos, k_slots, v_slots, layer_offset,
       capacity);
   CUDA_CHECK_LAUNCH();
+}
+}  // namespace
+
+void kv_append(const float* k, const float* v, int64_t row_stride, int n, int n_kv_heads,
+               int head_dim, const int32_t* seq, const int32_t* pos, float* const* k_slots,
+               float* const* v_slots, int layer, int capacity, Stream stream) {
+  kv_append_impl(k, v, row_stride, n, n_kv_heads, head_dim, seq, pos, k_slots, v_slots, layer,
+                 capacity, stream);
+}
+
+void kv_append(const float* k, const float* v, int64_t row_stride, int n, int n_kv_heads,
+               int head_dim, const int32_t* seq, const int32_t* pos, uint16_t* const* k_slots,
+               uint16_t* const* v_slots, int layer, int capacity, Stream stream) {
+  kv_append_impl(k, v, row_stride, n, n_kv_heads, head_dim, seq, pos, k_slots, v_slots, layer,
+                 capacity, stream);
 }
 
 namespace {
@@ -893,21 +930,33 @@ size_t split_workspace_bytes(int n, int n_heads, int head_dim, int splits) {
   return sizeof(float) * size_t(n) * n_heads * splits * (size_t(head_dim) + 2);
 }
 
-template <int HD>
+template <int HD, class T>
 void launch_tiled(const float* q, int64_t q_stride, int n, int n_heads, int group,
-                  const int32_t* seq, const int32_t* pos, const float* const* k_slots,
-                  const float* const* v_slots, int64_t layer_offset, int capacity, float scale,
+                  const int32_t* seq, const int32_t* pos, const T* const* k_slots,
+                  const T* const* v_slots, int64_t layer_offset, int capacity, float scale,
                   int window, float* out, Stream stream) {
   const size_t smem = sizeof(float) * size_t(tile_smem_floats<HD>());
-  CUDA_CHECK(cudaFuncSetAttribute(attention_tiled_kernel<HD>,
+  CUDA_CHECK(cudaFuncSetAttribute(attention_tiled_kernel<HD, T>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(smem)));
   const dim3 grid(static_cast<unsigned>(n_heads), static_cast<unsigned>((n + kTileQ - 1) / kTileQ));
-  attention_tiled_kernel<HD>
+  attention_tiled_kernel<HD, T>
       <<<grid, kTileThreads, smem, stream>>>(q, q_stride, n, n_heads, group, seq, pos, k_slots,
                                              v_slots, layer_offset, capacity, scale, window, out);
   CUDA_CHECK_LAUNCH();
 }
+
+template <class T>
+void attention_impl(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_heads,
+                    int head_dim, const int32_t* seq, const int32_t* pos, const T* const* k_slots,
+                    const T* const* v_slots, int layer, int capacity, float scale, int window,
+                    void* workspace, size_t workspace_bytes, float* out, Stream stream);
+
+template <class T>
+void attention_alloc(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_heads,
+                     int head_dim, const int32_t* seq, const int32_t* pos, const T* const* k_slots,
+                     const T* const* v_slots, int layer, int capacity, float scale, int window,
+                     float* out, Stream stream);
 
 }  // namespace
 
@@ -922,6 +971,41 @@ void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_he
                const int32_t* seq, const int32_t* pos, const float* const* k_slots,
                const float* const* v_slots, int layer, int capacity, float scale, int window,
                void* workspace, size_t workspace_bytes, float* out, Stream stream) {
+  attention_impl(q, q_stride, n, n_heads, n_kv_heads, head_dim, seq, pos, k_slots, v_slots, layer,
+                 capacity, scale, window, workspace, workspace_bytes, out, stream);
+}
+
+void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_heads, int head_dim,
+               const int32_t* seq, const int32_t* pos, const uint16_t* const* k_slots,
+               const uint16_t* const* v_slots, int layer, int capacity, float scale, int window,
+               void* workspace, size_t workspace_bytes, float* out, Stream stream) {
+  attention_impl(q, q_stride, n, n_heads, n_kv_heads, head_dim, seq, pos, k_slots, v_slots, layer,
+                 capacity, scale, window, workspace, workspace_bytes, out, stream);
+}
+
+void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_heads, int head_dim,
+               const int32_t* seq, const int32_t* pos, const float* const* k_slots,
+               const float* const* v_slots, int layer, int capacity, float scale, int window,
+               float* out, Stream stream) {
+  attention_alloc(q, q_stride, n, n_heads, n_kv_heads, head_dim, seq, pos, k_slots, v_slots, layer,
+                  capacity, scale, window, out, stream);
+}
+
+void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_heads, int head_dim,
+               const int32_t* seq, const int32_t* pos, const uint16_t* const* k_slots,
+               const uint16_t* const* v_slots, int layer, int capacity, float scale, int window,
+               float* out, Stream stream) {
+  attention_alloc(q, q_stride, n, n_heads, n_kv_heads, head_dim, seq, pos, k_slots, v_slots, layer,
+                  capacity, scale, window, out, stream);
+}
+
+namespace {
+
+template <class T>
+void attention_impl(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_heads,
+                    int head_dim, const int32_t* seq, const int32_t* pos, const T* const* k_slots,
+                    const T* const* v_slots, int layer, int capacity, float scale, int window,
+                    void* workspace, size_t workspace_bytes, float* out, Stream stream) {
   if (n <= 0) return;
   check_attention_args(q_stride, n_heads, n_kv_heads, head_dim, layer, capacity, window);
   const int64_t layer_offset = int64_t(layer) * n_kv_heads * capacity * head_dim;
@@ -939,7 +1023,7 @@ void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_he
     const int gmax = std::min(group, kSplitMaxG);
     const size_t smem = sizeof(float) * (size_t(gmax) * head_dim + kSplitMaxG * (kSplitTile + 3));
     const dim3 grid(static_cast<unsigned>(n * n_kv_heads * n_sub), static_cast<unsigned>(splits));
-    attention_split_kernel<<<grid, kSplitThreads, smem, stream>>>(
+    attention_split_kernel<T><<<grid, kSplitThreads, smem, stream>>>(
         q, q_stride, n_heads, n_kv_heads, group, head_dim, seq, pos, k_slots, v_slots, layer_offset,
         capacity, scale, window, splits, work_o, work_ml);
     CUDA_CHECK_LAUNCH();
@@ -964,30 +1048,33 @@ void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_he
   const int64_t blocks = int64_t(n) * n_heads;
   check_arg(blocks <= INT_MAX, "attention", "too many (token, head) pairs in one call");
   const size_t smem = sizeof(float) * (2 * size_t(head_dim) + kAttnTile + 33);
-  attention_kernel<<<static_cast<unsigned>(blocks), kAttnThreads, smem, stream>>>(
+  attention_kernel<T><<<static_cast<unsigned>(blocks), kAttnThreads, smem, stream>>>(
       q, q_stride, n_heads, group, head_dim, seq, pos, k_slots, v_slots, layer_offset, capacity,
       scale, window, out);
   CUDA_CHECK_LAUNCH();
 }
 
-void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_heads, int head_dim,
-               const int32_t* seq, const int32_t* pos, const float* const* k_slots,
-               const float* const* v_slots, int layer, int capacity, float scale, int window,
-               float* out, Stream stream) {
+template <class T>
+void attention_alloc(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_heads,
+                     int head_dim, const int32_t* seq, const int32_t* pos, const T* const* k_slots,
+                     const T* const* v_slots, int layer, int capacity, float scale, int window,
+                     float* out, Stream stream) {
   if (n <= 0) return;
   check_attention_args(q_stride, n_heads, n_kv_heads, head_dim, layer, capacity, window);
   const size_t bytes = attention_workspace_bytes(n, n_heads, n_kv_heads, head_dim, capacity);
   void* work = nullptr;
   if (bytes > 0) CUDA_CHECK(cudaMallocAsync(&work, bytes, stream));
   try {
-    attention(q, q_stride, n, n_heads, n_kv_heads, head_dim, seq, pos, k_slots, v_slots, layer,
-              capacity, scale, window, work, bytes, out, stream);
+    attention_impl(q, q_stride, n, n_heads, n_kv_heads, head_dim, seq, pos, k_slots, v_slots,
+                   layer, capacity, scale, window, work, bytes, out, stream);
   } catch (...) {
     if (work) (void)cudaFreeAsync(work, stream);
     throw;
   }
   if (work) CUDA_CHECK(cudaFreeAsync(work, stream));
 }
+
+}  // namespace
 
 void argmax(const float* x, int n_rows, int width, int32_t* out, Stream stream) {
   if (n_rows <= 0) return;

@@ -10,7 +10,8 @@
 //  - Activations are float32 everywhere (the residual stream, norms, RoPE, attention, FFN).
 //    GEMM inputs are rounded to bf16 inside linear() (as cpu::Linear does for bf16 weights);
 //    weights are bf16, accumulation and outputs float32.
-//  - The KV cache is float32 in device memory, one buffer per sequence slot laid out
+//  - The KV cache is float32 or bf16 (uint16_t bits; the CUDA backend's full path) in device
+//    memory, one buffer per sequence slot laid out
 //    [n_layers][n_kv_heads, capacity, head_dim] (the same layout as kv::KvCacheManager's host
 //    store), addressed through a device array of slot base pointers.
 //  - Launchers are asynchronous on `stream` (nullptr: the legacy default stream) and throw
@@ -135,6 +136,12 @@ void kv_append(
     float* const* k_slots,  // [max_sequences] -> [n_layers][n_kv_heads, capacity, head_dim]
     float* const* v_slots,  // [max_sequences] -> same layout
     int layer, int capacity, Stream stream);
+// The same into a bf16 cache (uint16_t bits, round to nearest even as f32_to_bf16): half the
+// bytes of the float32 cache (the CUDA backend's full path keeps its KV cache in bf16).
+void kv_append(const float* k, const float* v, int64_t row_stride, int n, int n_kv_heads,
+               int head_dim, const int32_t* seq, const int32_t* pos,
+               uint16_t* const* k_slots,  // [max_sequences] -> bf16, the float32 layout above
+               uint16_t* const* v_slots, int layer, int capacity, Stream stream);
 
 // Causal GQA attention over the device KV cache, float32 with an online (tiled) softmax: token t
 // (sequence seq[t], position pos[t]) attends to positions [max(0, pos[t] - window + 1), pos[t]]
@@ -158,6 +165,13 @@ void attention(
     int layer, int capacity, float scale, int window,
     float* out,  // [n, n_heads, head_dim]
     Stream stream);
+// The same over a bf16 cache: each K/V element is widened exactly to float32 on load; the
+// scores, the softmax and the accumulation are float32 as above.
+void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_heads, int head_dim,
+               const int32_t* seq, const int32_t* pos,
+               const uint16_t* const* k_slots,  // [max_sequences] -> bf16, layout as above
+               const uint16_t* const* v_slots, int layer, int capacity, float scale, int window,
+               float* out, Stream stream);
 
 // The same with a caller-owned workspace of at least attention_workspace_bytes(n, ...) bytes
 // (0 is fine when that is 0). CUDA builds only (the CUDA backend): no no-CUDA stub.
@@ -165,6 +179,10 @@ size_t attention_workspace_bytes(int n, int n_heads, int n_kv_heads, int head_di
 void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_heads, int head_dim,
                const int32_t* seq, const int32_t* pos, const float* const* k_slots,
                const float* const* v_slots, int layer, int capacity, float scale, int window,
+               void* workspace, size_t workspace_bytes, float* out, Stream stream);
+void attention(const float* q, int64_t q_stride, int n, int n_heads, int n_kv_heads, int head_dim,
+               const int32_t* seq, const int32_t* pos, const uint16_t* const* k_slots,
+               const uint16_t* const* v_slots, int layer, int capacity, float scale, int window,
                void* workspace, size_t workspace_bytes, float* out, Stream stream);
 
 // out[r] = index of the largest x[r, :] (the first one on ties).

@@ -46,7 +46,7 @@ bool cuda_available(std::string* why);
 
 // How the CUDA backend runs attention.
 struct CudaBackendOptions {
-  // Null: policy full (float32 K/V of the whole context of every sequence slot on the device).
+  // Null: policy full (bf16 K/V of the whole context of every sequence slot on the device).
   // Else every attention call goes through the hybrid runtime with the CUDA device stage
   // (runtime/cuda_device_stage.h): a bf16 window per sequence and layer on the device, the rest
   // in host stores from host_alloc (required then; pinned memory: make_cuda_pinned_allocator).
@@ -64,7 +64,7 @@ std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& config, const Mode
 
 // What --policy auto weighs (runtime::choose_auto_policy) for this model on the current CUDA
 // device: free memory from cudaMemGetInfo, the weights as the backend uploads them (bf16), the
-// activations at the largest batch, float32 K/V per token for full and bf16 for the hybrid
+// activations at the largest batch, bf16 K/V per token for full and for the hybrid
 // window; cap_bytes from --gpu-memory-mb. Throws when CUDA is unavailable.
 runtime::DeviceBudget cuda_device_budget(const ModelConfig& config, const ModelWeights& weights,
                                          int n_ctx, int max_sequences, uint64_t cap_bytes);

@@ -4,8 +4,12 @@
 //
 // What it keeps on the device and does there:
 //   - the window ring per (sequence, layer): bf16 K and V, [n_kv_heads, W slots, head_dim]
-//     (CudaWindowStore); writes convert float32 K/V to bf16 on the device; eviction exports the
-//     oldest slots device-to-host straight into the host stores' rows (one 2-D copy per K/V);
+//     (CudaWindowStore); writes convert float32 K/V to bf16 on the device; eviction during
+//     decode is batched per step: each evicted slot is copied device-to-device into one step
+//     buffer, the whole step's evictions go device-to-host in ONE cudaMemcpyAsync on the copy
+//     stream (ordered by events) into pinned staging at the step's end, and are scattered into
+//     the host stores at the next step's begin (DeviceStage::sync_host_stores); exact attention's
+//     bulk appends (prefill) export straight into the host stores' rows, waited for;
 //   - decode: the CPU stage's logits and staged V rows go host-to-device on a copy stream, the
 //     compute stream waits on its event; one kernel per layer computes the window's and the new
 //     token's logits, softmax over the CPU part + window + new token, and the value aggregation
@@ -40,6 +44,16 @@ struct CudaStageOptions {
   int reserve_sequences = 0;
   bool aog = false;
 };
+
+// What the step-batched eviction did so far (tests: one device-to-host copy per decode step
+// with evictions, every evicted row published).
+struct EvictionCounters {
+  uint64_t steps_shipped = 0;   // decode steps whose evictions were shipped
+  uint64_t copies = 0;          // device-to-host copies issued for them
+  uint64_t rows_published = 0;  // (sequence, layer) tokens scattered into the host stores
+};
+// The counters of a CUDA device stage; all zero for any other stage.
+EvictionCounters cuda_eviction_counters(const DeviceStage& stage);
 
 // True when this build has the CUDA device stage and a GPU that runs its kernels.
 bool cuda_device_stage_available(std::string* why);

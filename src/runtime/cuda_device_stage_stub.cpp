@@ -11,6 +11,8 @@ bool cuda_device_stage_available(std::string* why) {
   return false;
 }
 
+EvictionCounters cuda_eviction_counters(const DeviceStage&) { return {}; }
+
 std::unique_ptr<DeviceStage> make_cuda_device_stage(const ModelDims&, memory::HostAllocator&,
                                                     const CudaStageOptions&) {
   std::string why;

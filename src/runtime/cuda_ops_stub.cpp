@@ -56,6 +56,15 @@ void attention(const float*, int64_t, int, int, int, int, const int32_t*, const 
                const float* const*, const float* const*, int, int, float, int, float*, Stream) {
   no_cuda("attention");
 }
+void kv_append(const float*, const float*, int64_t, int, int, int, const int32_t*, const int32_t*,
+               uint16_t* const*, uint16_t* const*, int, int, Stream) {
+  no_cuda("kv_append");
+}
+void attention(const float*, int64_t, int, int, int, int, const int32_t*, const int32_t*,
+               const uint16_t* const*, const uint16_t* const*, int, int, float, int, float*,
+               Stream) {
+  no_cuda("attention");
+}
 void argmax(const float*, int, int, int32_t*, Stream) { no_cuda("argmax"); }
 
 size_t sampling_workspace_bytes(int, int) { no_cuda("sampling_workspace_bytes"); }

@@ -123,6 +123,13 @@ class DeviceStage {
   // stream_offloaded (aog): the offloaded K/V are shipped to the device first, timed as T_tx.
   virtual ExactResult exact(int il, const ExactBatch& b, bool stream_offloaded) = 0;
 
+  // Makes every eviction of earlier steps visible in the host stores. A GPU batches a decode
+  // step's evictions into one device-to-host copy that lands after the step (the CUDA stage
+  // publishes them at the next step's begin, before its CPU stage runs); the runtime calls this
+  // before it touches the stores outside a step, and so must anyone reading them directly
+  // (HybridRuntime::sync_host_stores). The CPU backend writes the stores at once: nothing to do.
+  virtual void sync_host_stores() {}
+
   // The device's clock. begin_step before a step's first layer; step_seconds after its last:
   // the device time of the step when the backend measures it (CUDA events), nullopt when the
   // caller's wall clock is the device time (the CPU backend; the runtime subtracts its waits).

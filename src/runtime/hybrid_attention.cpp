@@ -170,6 +170,8 @@ void HybridRuntime::begin_step(const Batch& batch, const int32_t* pos) {
     Done d;
     done_->pop(d);
   }
+  // The previous step's evictions into the host stores before they are cleared or read.
+  device_->sync_host_stores();
   n_rows_ = batch.size();
   seqs_.assign(batch.seq.begin(), batch.seq.end());
   pos_.assign(pos, pos + n_rows_);

@@ -90,7 +90,10 @@ class HybridRuntime : public AttentionRunner {
   void reset_stats();  // and the trace
   const HybridConfig& config() const { return cfg_; }
   const PolicyPlan& policy_plan() const { return pp_; }
+  // The tiers. On a GPU the last decode step's evictions reach the host stores' rows at the next
+  // step's begin: call sync_host_stores() before reading the rows' bytes outside a step.
   const kv::TieredKvCache& cache() const { return *cache_; }
+  void sync_host_stores() { device_->sync_host_stores(); }
   const FeedbackScheduler* scheduler() const { return scheduler_.get(); }
   const DeviceStage& device_stage() const { return *device_; }
 

@@ -11,6 +11,9 @@
 //     it by <= 2^-9 max|V|, and rounding K moves each logit by <= 2^-9 |q||k| / sqrt(d), i.e. the
 //     probabilities by about that fraction: |cuda - cpu| <= 0.03 max|V of the layer| + 1e-5.
 //
+// Host stores: after the 40 decode steps (evictions batched per step on CUDA, one device-to-host
+// copy per step) both stages' host stores hold the same rows, bit for bit.
+//
 // Without a GPU (or in a build without CUDA) every test skips and says why.
 #include "runtime/cuda_device_stage.h"
 
@@ -158,13 +161,54 @@ TEST_P(CudaDeviceStageExactness, EqualsTheCpuDeviceStageLayerByLayer) {
     for (int i = 0; i < (b == 0 ? 20 : 13); ++i) prefill.add(next(), seqs[b], true);
   model.forward(prefill, cache, logits);
   const int steps = 40;
+  // Decode steps in which some ring evicts (its window full before the append): each must ship
+  // its evictions in exactly one device-to-host copy.
+  int64_t evicting_steps = 0, evicted_rows = 0, last_step_rows = 0;
   for (int s = 0; s < steps; ++s) {
+    bool evicts = false;
+    const int64_t rows_before = evicted_rows;
+    for (int b = 0; b < c.batch; ++b)
+      for (int l = 0; l < cfg.n_layers; ++l) {
+        const kv::TieredLayerKv& t = cuda->cache().layer(seqs[b], l);
+        if (t.window_budget() > 0 && t.n_window() == t.window_budget()) {
+          evicts = true;
+          ++evicted_rows;
+        }
+      }
+    evicting_steps += evicts;
+    last_step_rows = evicted_rows - rows_before;
     Batch d;
     for (int b = 0; b < c.batch; ++b) d.add(next(), seqs[b], true);
     model.forward(d, cache, logits);
     for (float v : logits) ASSERT_TRUE(std::isfinite(v));
   }
   model.set_attention_runner(nullptr);
+  // The host stores after N decode steps with evictions hold exactly (bit for bit) the rows the
+  // CPU device stage holds: both round the same float32 K/V to bf16 (RNE), the CUDA stage in
+  // its ring, then batched per step to the host (the last step's batch is published here).
+  const auto before = runtime::cuda_eviction_counters(cuda->device_stage());
+  cuda->sync_host_stores();
+  const auto ev = runtime::cuda_eviction_counters(cuda->device_stage());
+  EXPECT_EQ(ev.steps_shipped, uint64_t(evicting_steps));
+  EXPECT_EQ(ev.copies, ev.steps_shipped) << "one device-to-host copy per decode step";
+  EXPECT_EQ(ev.rows_published, uint64_t(evicted_rows));
+  // The last step's batch was shipped at its end, published only now (asynchronous).
+  EXPECT_EQ(ev.rows_published - before.rows_published, uint64_t(last_step_rows));
+  for (int b = 0; b < c.batch; ++b)
+    for (int l = 0; l < cfg.n_layers; ++l) {
+      const kv::TieredLayerKv& g = cuda->cache().layer(seqs[b], l);
+      const kv::TieredLayerKv& r = cpu->cache().layer(seqs[b], l);
+      ASSERT_EQ(g.n_offloaded(), r.n_offloaded()) << "seq " << b << " layer " << l;
+      ASSERT_EQ(g.n_window(), r.n_window()) << "seq " << b << " layer " << l;
+      int64_t diff = 0;
+      for (int h = 0; h < cfg.n_kv_heads; ++h)
+        for (int i = 0; i < g.n_offloaded(); ++i)
+          for (int e = 0; e < cfg.head_dim; ++e) {
+            diff += g.key_store().row(h, i)[e] != r.key_store().row(h, i)[e];
+            diff += g.value_store().row(h, i)[e] != r.value_store().row(h, i)[e];
+          }
+      EXPECT_EQ(diff, 0) << "host store elements differing: seq " << b << " layer " << l;
+    }
   EXPECT_EQ(cmp.bad, 0);
   EXPECT_EQ(cmp.compared, int64_t(steps + 1) * cfg.n_layers);
   const AttentionStats st = cuda->stats();

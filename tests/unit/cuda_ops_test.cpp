@@ -10,7 +10,10 @@
 //              add_bias, add, relu, kv_append, argmax (index)
 //   1e-5       rms_norm, layer_norm, rope, swiglu (float32 math; only the summation order or
 //              the libm's last ulp differ)
-//   5e-5       attention (float32 online softmax over up to ~3000 positions)
+//   5e-5       attention (float32 online softmax over up to ~3000 positions); the same over a
+//              bf16 cache against the CPU on K/V rounded to bf16 (kv_append into bf16:
+//              bit-identical to f32_to_bf16); against the CPU in float32, 5e-5 plus the
+//              rounding's own effect measured on the CPU (the triangle inequality)
 //   1e-4       linear with bf16 weights vs cpu::Linear with the same bf16 weights (both round x
 //              to bf16: only the float32 summation order differs)
 //   2e-2       linear with float32 weights (rounded to bf16 on the GPU) vs cpu::Linear in float32
@@ -448,6 +451,8 @@ TEST_P(CudaAttention, KvAppendAndAttentionMatchCpu) {
   Dev<float*> k_slots(std::vector<float*>{k0.get(), k1.get()});  // [max_seqs]
   Dev<float*> v_slots(std::vector<float*>{v0.get(), v1.get()});  // [max_seqs]
 
+  std::vector<std::vector<float>> kept_rows;  // [seq * n_layers + layer] -> [len, stride]
+  const int64_t stride = 2 * kv_w + 3;
   for (int s = 0; s < max_seqs; ++s) {
     const int len = lengths[s];
     ASSERT_EQ(cache.reserve(s, len), 0);
@@ -456,8 +461,8 @@ TEST_P(CudaAttention, KvAppendAndAttentionMatchCpu) {
     Dev<int32_t> dseq(seq), dpos(pos);
     for (int layer = 0; layer < n_layers; ++layer) {
       // K and V of each position inside one row [k | v | pad], as in the QKV buffer.
-      const int64_t stride = 2 * kv_w + 3;
       const std::vector<float> rows = random_vec(rng, size_t(len) * stride);  // [len, stride]
+      kept_rows.push_back(rows);
       for (int p = 0; p < len; ++p)
         cache.write(s, layer, p, &rows[p * stride], &rows[p * stride + kv_w]);
       Dev<float> drows(rows);
@@ -528,6 +533,76 @@ TEST_P(CudaAttention, KvAppendAndAttentionMatchCpu) {
   cu::attention(dq.get(), q_stride, c.n, c.n_heads, c.n_kv_heads, hd, dseq.get(), dpos.get(),
                 k_slots.get(), v_slots.get(), layer, capacity, scale, c.window, out.get(), nullptr);
   expect_close(out.download(), ref, 5e-5, "attention");
+
+  // The bf16 cache (the CUDA backend's full path since issue 15): kv_append rounds each K/V
+  // element to bf16 (round to nearest even, bit-identical to f32_to_bf16), attention widens it
+  // back to float32 and computes as above. Tolerances, derived:
+  //  - against the CPU attention over K/V rounded to bf16 on the CPU side (the same inputs the
+  //    GPU sees): only the float32 summation order differs, so the float32 tolerance, 5e-5;
+  //  - against the CPU in float32 (unrounded K/V): by the triangle inequality, at most that 5e-5
+  //    plus the distance the rounding itself makes on the CPU, |cpu(bf16 K/V) - cpu(f32 K/V)|,
+  //    measured here per case (normalized as everywhere by max|cpu|).
+  hybridgen::kv::KvCacheManager cache16({n_layers, c.n_kv_heads, hd}, capacity, max_seqs);
+  ASSERT_EQ(cache16.open_sequence(), 0);
+  ASSERT_EQ(cache16.open_sequence(), 1);
+  Dev<uint16_t> bk0(slot_elems), bk1(slot_elems), bv0(slot_elems), bv1(slot_elems);
+  for (Dev<uint16_t>* b : {&bk0, &bk1, &bv0, &bv1})  // bf16 NaN: an unwritten read shows
+    b->upload(std::vector<uint16_t>(slot_elems, 0x7fc0));
+  Dev<uint16_t*> bk_slots(std::vector<uint16_t*>{bk0.get(), bk1.get()});  // [max_seqs]
+  Dev<uint16_t*> bv_slots(std::vector<uint16_t*>{bv0.get(), bv1.get()});  // [max_seqs]
+  auto round_bf16 = [](float x) { return hybridgen::bf16_to_f32(hybridgen::f32_to_bf16(x)); };
+  for (int s = 0; s < max_seqs; ++s) {
+    const int len = lengths[s];
+    ASSERT_EQ(cache16.reserve(s, len), 0);
+    std::vector<int32_t> sq(len, s), ps(len);
+    for (int p = 0; p < len; ++p) ps[p] = p;
+    Dev<int32_t> dsq(sq), dps(ps);
+    for (int l = 0; l < n_layers; ++l) {
+      const std::vector<float>& rows = kept_rows[size_t(s) * n_layers + l];
+      std::vector<float> rounded(rows.size());
+      std::transform(rows.begin(), rows.end(), rounded.begin(), round_bf16);
+      for (int p = 0; p < len; ++p)
+        cache16.write(s, l, p, &rounded[p * stride], &rounded[p * stride + kv_w]);
+      Dev<float> drows(rows);
+      cu::kv_append(drows.get(), drows.get() + kv_w, stride, len, c.n_kv_heads, hd, dsq.get(),
+                    dps.get(), bk_slots.get(), bv_slots.get(), l, capacity, nullptr);
+    }
+  }
+  for (int s = 0; s < max_seqs; ++s) {  // bit-identical to f32_to_bf16 of the float32 rows
+    const std::vector<uint16_t> gk = (s == 0 ? bk0 : bk1).download();
+    const std::vector<uint16_t> gv = (s == 0 ? bv0 : bv1).download();
+    int64_t differ = 0;
+    for (int l = 0; l < n_layers; ++l) {
+      const hybridgen::kv::LayerView view = cache.view(s, l);
+      for (int h = 0; h < c.n_kv_heads; ++h)
+        for (int p = 0; p < lengths[s]; ++p)
+          for (int i = 0; i < hd; ++i) {
+            const size_t off =
+                (size_t(l) * c.n_kv_heads * capacity + size_t(h) * capacity + p) * hd + i;
+            differ += gk[off] != hybridgen::f32_to_bf16(view.key(h, p)[i]);
+            differ += gv[off] != hybridgen::f32_to_bf16(view.value(h, p)[i]);
+          }
+    }
+    EXPECT_EQ(differ, 0) << "kv_append (bf16), sequence " << s;
+  }
+  std::vector<float> ref16(size_t(c.n) * q_w);  // [n, n_heads, head_dim]
+  hybridgen::cpu::attention(q.data(), c.n, c.n_heads, hd, seq.data(), pos.data(), cache16, layer,
+                            scale, c.window, ref16.data());
+  Dev<float> out16(size_t(c.n) * q_w);
+  poison(out16);
+  cu::attention(dq.get(), q_stride, c.n, c.n_heads, c.n_kv_heads, hd, dseq.get(), dpos.get(),
+                bk_slots.get(), bv_slots.get(), layer, capacity, scale, c.window, out16.get(),
+                nullptr);
+  const std::vector<float> got16 = out16.download();
+  expect_close(got16, ref16, 5e-5, "attention, bf16 cache vs cpu on bf16-rounded K/V");
+  double scale_ref = 0, rounding = 0;  // the rounding's own effect on the CPU, normalized
+  for (float r : ref) scale_ref = std::max(scale_ref, double(std::fabs(r)));
+  if (scale_ref == 0) scale_ref = 1;
+  for (size_t i = 0; i < ref.size(); ++i)
+    rounding = std::max(rounding, std::fabs(double(ref16[i]) - ref[i]) / scale_ref);
+  expect_close(got16, ref, 5e-5 + rounding,
+               "attention, bf16 cache vs cpu float32 (tolerance 5e-5 + rounding " +
+                   std::to_string(rounding) + ")");
 }
 
 INSTANTIATE_TEST_SUITE_P(
