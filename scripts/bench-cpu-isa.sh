@@ -47,6 +47,6 @@ for isa in $isas; do
 done
 if [ -n "${LLAMA_PY:-}" ]; then
   echo "host read bandwidth before llama.cpp: $(bandwidth) GB/s"
-  "$LLAMA_PY" "$root/bench/llama_cpp_decode.py" "$model" "$prompt" $n "$threads" "$reps"
+  "$LLAMA_PY" "$root/bench/llama_cpp_decode.py" "$model" "$prompt" $n "$threads" "$reps" "$prefill_tokens"
   echo "host read bandwidth after llama.cpp: $(bandwidth) GB/s"
 fi
