@@ -189,8 +189,9 @@ TEST_P(CudaDeviceStageExactness, EqualsTheCpuDeviceStageLayerByLayer) {
   const auto before = runtime::cuda_eviction_counters(cuda->device_stage());
   cuda->sync_host_stores();
   const auto ev = runtime::cuda_eviction_counters(cuda->device_stage());
-  EXPECT_EQ(ev.steps_shipped, uint64_t(evicting_steps));
-  EXPECT_EQ(ev.copies, ev.steps_shipped) << "one device-to-host copy per decode step";
+  // Each ship is one device-to-host copy, so a step that shipped twice (or a per-layer copy)
+  // makes this count exceed the evicting steps.
+  EXPECT_EQ(ev.steps_shipped, uint64_t(evicting_steps)) << "one device-to-host copy per step";
   EXPECT_EQ(ev.rows_published, uint64_t(evicted_rows));
   // The last step's batch was shipped at its end, published only now (asynchronous).
   EXPECT_EQ(ev.rows_published - before.rows_published, uint64_t(last_step_rows));
