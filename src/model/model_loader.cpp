@@ -113,8 +113,12 @@ cpu::WeightType resolve_weight_type(const ModelConfig& c, WeightChoice choice,
     case WeightChoice::kBF16:
       return cpu::WeightType::kBF16;
     case WeightChoice::kNative:
-      if (checkpoint_is_quantized) return cpu::WeightType::kQuant;
-      log().info("--weight-format native: the checkpoint has no quantized matrices; bf16 weights");
+    case WeightChoice::kNativeQ8:
+      if (checkpoint_is_quantized)
+        return choice == WeightChoice::kNative ? cpu::WeightType::kQuant
+                                               : cpu::WeightType::kQuantQ8;
+      log().info("--weight-format {}: the checkpoint has no quantized matrices; bf16 weights",
+                 choice == WeightChoice::kNative ? "native" : "native-q8");
       return cpu::WeightType::kBF16;
     case WeightChoice::kAuto:
       if (checkpoint_is_quantized && native_is_auto_here()) return cpu::WeightType::kQuant;
