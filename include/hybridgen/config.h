@@ -23,11 +23,16 @@ struct SamplingParams {
 
 // How weights are held for the CPU backend's GEMMs.
 enum class WeightFormat {
-  kAuto,  // f32 for float32 checkpoints up to 2 B parameters (exact); bf16 otherwise (speed);
-          // not native yet: its 8-bit activations change answers (docs/quantization.md)
+  kAuto,  // f32 for float32 checkpoints up to 2 B parameters (exact); native for quantized
+          // GGUF files on the kernel paths where it measured faster than bf16 (the table in
+          // src/model/model_loader.cpp); bf16 otherwise (speed). Never native-q8: its 8-bit
+          // activations change answers (docs/quantization.md)
   kF32,
   kBF16,
-  kNative,  // GGUF quantized blocks as stored, computed on directly (CPU device only)
+  kNative,    // GGUF quantized blocks as stored, computed on directly, the decode activations
+              // quantized to int16 per block of 32 (near-float; CPU device only)
+  kNativeQ8,  // the same blocks with llama.cpp's 8-bit activations (Q8_0 / Q8_1 / Q8_K):
+              // llama.cpp's rounding, not float's (CPU device only)
 };
 
 // How attention splits the KV cache between the device and the host (the hybrid runtime,

@@ -178,8 +178,10 @@ std::string describe_dispatch() {
                   "; features: " + cpu_features() + ")\n";
   s += std::string("  gemv f32 weights:  ") + isa_name(gemv_f32_isa()) + "\n";
   s += std::string("  gemv bf16 weights: ") + isa_name(gemv_bf16_isa()) + "\n";
-  s += std::string("  gemv quantized (native) weights: ") + quant_path_name(quant_gemv_path()) +
-       " (Q4_0 Q4_1 Q8_0; Q4_K Q6_K at " +
+  s += std::string("  gemv quantized weights, native (activations int16 per 32, f32 scale): ") +
+       quant_path_name(quant_gemv_path()) + " (Q4_0 Q4_1 Q8_0 Q4_K Q6_K)\n";
+  s += std::string("  gemv quantized weights, native-q8 (activations Q8_0/Q8_1/Q8_K as llama.cpp): ") +
+       quant_path_name(quant_gemv_path()) + " (Q4_0 Q4_1 Q8_0; Q4_K Q6_K at " +
        quant_path_name(quant_gemv_path() >= QuantPath::kAvx512 ? QuantPath::kAvx2
                                                                : quant_gemv_path()) +
        "); prefill: row panels dequantized to f32 for oneDNN's f32 GEMM\n";

@@ -8,6 +8,7 @@
 #include "cpu/gemv.h"
 #include "cpu/isa.h"
 #include "cpu/quant_gemv.h"
+#include "cpu/quant_gemv16.h"
 #include "cpu/vec.h"
 #include "model/dequant.h"
 #include "util/check.h"
@@ -36,7 +37,7 @@ constexpr int kPanelRows = 512;
   fail(std::string("CPU matmul [") + std::to_string(m) + " x " + std::to_string(in) + "] x [" +
        std::to_string(in) + " x " + std::to_string(out) + "] with " +
        (type == WeightType::kBF16    ? "bf16"
-        : type == WeightType::kQuant ? "quantized"
+        : is_quant(type)             ? "quantized"
                                      : "f32") +
        " weights failed in oneDNN (" + e.what() + ", status " +
        std::to_string(static_cast<int>(e.status)) + ") on a CPU with " + cpu_features() +
@@ -56,7 +57,7 @@ struct Linear::Impl {
 Linear::Linear(int out, int in, std::vector<float> weight, std::vector<float> bias, WeightType type)
     : out_(out), in_(in), type_(type), bias_(std::move(bias)), impl_(std::make_unique<Impl>()) {
   HG_CHECK(out > 0 && in > 0, "Linear: empty weight");
-  HG_CHECK(type != WeightType::kQuant, "Linear: float weights cannot be of type kQuant");
+  HG_CHECK(!is_quant(type), "Linear: float weights cannot be of a quantized type");
   HG_CHECK(weight.size() == static_cast<size_t>(out) * in, "Linear: weight size mismatch");
   HG_CHECK(bias_.empty() || bias_.size() == static_cast<size_t>(out), "Linear: bias size mismatch");
   if (type == WeightType::kF32) {
@@ -71,13 +72,14 @@ Linear::Linear(int out, int in, std::vector<float> weight, std::vector<float> bi
   }
 }
 
-Linear::Linear(int in, std::vector<QuantPart> parts, std::vector<float> bias)
+Linear::Linear(int in, std::vector<QuantPart> parts, std::vector<float> bias, WeightType type)
     : in_(in),
-      type_(WeightType::kQuant),
+      type_(type),
       parts_(std::move(parts)),
       bias_(std::move(bias)),
       impl_(std::make_unique<Impl>()) {
   HG_CHECK(in > 0 && !parts_.empty(), "Linear: empty quantized weight");
+  HG_CHECK(is_quant(type), "Linear: quantized parts need type kQuant or kQuantQ8");
   for (const QuantPart& p : parts_) {
     HG_CHECK(quant_gemv_supports(p.type),
              "Linear: no quantized GEMV for " + std::string(dtype_name(p.type)));
@@ -105,7 +107,7 @@ uint64_t Linear::weight_bytes() const {
 
 std::vector<float> Linear::weight_row(int r) const {
   std::vector<float> row(in_);
-  if (type_ == WeightType::kQuant) {
+  if (is_quant(type_)) {
     for (const QuantPart& p : parts_) {
       if (r < p.rows) {
         const int64_t rb = in_ / dtype_block_size(p.type) * dtype_block_bytes(p.type);
@@ -123,6 +125,21 @@ std::vector<float> Linear::weight_row(int r) const {
 }
 
 void Linear::forward_quant_gemv(const float* x, float* y, int m, int n_rows) const {
+  if (type_ == WeightType::kQuant) {
+    // 16-bit activations: one format for every weight type, so one quantization per call
+    // (per thread, kept between calls: no allocation per projection in a decode step).
+    thread_local QuantActivations16 act16;
+    quantize_activations16(x, m, in_, &act16);
+    int row0 = 0;
+    for (const QuantPart& p : parts_) {
+      if (row0 >= n_rows) break;
+      const int rows = std::min(p.rows, n_rows - row0);
+      gemv_quant16(p.type, p.blocks.data(), act16, has_bias() ? bias_.data() + row0 : nullptr,
+                   y + row0, n_rows, rows);
+      row0 += p.rows;
+    }
+    return;
+  }
   // One activation quantization per weight type met (Q|K|V may mix types). The buffers are
   // per thread and kept between calls, so a decode step does not allocate per projection;
   // `filled` says which hold this call's x.
@@ -177,7 +194,7 @@ void Linear::forward_quant_panels(const float* x, float* y, int m) const {
 
 void Linear::forward(const float* x, float* y, int m) const {
   const float* bias = has_bias() ? bias_.data() : nullptr;
-  if (type_ == WeightType::kQuant) {
+  if (is_quant(type_)) {
     if (m <= kGemvMaxRows) return forward_quant_gemv(x, y, m, out_);
     return forward_quant_panels(x, y, m);
   }
@@ -281,7 +298,7 @@ void Linear::forward_rows(const float* x, float* y, int m, int n_rows) const {
   HG_CHECK(n_rows > 0 && n_rows <= out_,
            "Linear::forward_rows: " + std::to_string(n_rows) + " rows of " + std::to_string(out_));
   if (n_rows == out_) return forward(x, y, m);
-  if (type_ == WeightType::kQuant && m <= kGemvMaxRows) return forward_quant_gemv(x, y, m, n_rows);
+  if (is_quant(type_) && m <= kGemvMaxRows) return forward_quant_gemv(x, y, m, n_rows);
   const float* bias = has_bias() ? bias_.data() : nullptr;
   if (m <= kGemvMaxRows) {  // weights are [out, in] row-major: the first rows are contiguous
     if (type_ == WeightType::kF32) {
@@ -325,7 +342,7 @@ Linear concat_rows(int in_features, std::vector<std::vector<float>> weights,
 }
 
 Linear concat_quant_rows(int in_features, std::vector<QuantPart> parts,
-                         std::vector<std::vector<float>> biases) {
+                         std::vector<std::vector<float>> biases, WeightType type) {
   HG_CHECK(biases.size() == parts.size(), "concat_quant_rows: mismatched parts");
   bool any_bias = false;
   for (const auto& b : biases) any_bias |= !b.empty();
@@ -346,7 +363,7 @@ Linear concat_quant_rows(int in_features, std::vector<QuantPart> parts,
       merged.push_back(std::move(parts[i]));
     }
   }
-  return Linear(in_features, std::move(merged), std::move(b));
+  return Linear(in_features, std::move(merged), std::move(b), type);
 }
 
 }  // namespace hybridgen::cpu

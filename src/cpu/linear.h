@@ -9,9 +9,11 @@
 
 namespace hybridgen::cpu {
 
-// kQuant: GGUF blocks kept as stored (cpu/quant_gemv.h computes on them; --weight-format
-// native).
-enum class WeightType { kF32, kBF16, kQuant };
+// kQuant: GGUF blocks kept as stored, decode activations quantized to int16 per block of 32
+// (cpu/quant_gemv16.h; --weight-format native). kQuantQ8: the same blocks with llama.cpp's
+// 8-bit activations (cpu/quant_gemv.h; --weight-format native-q8).
+enum class WeightType { kF32, kBF16, kQuant, kQuantQ8 };
+inline bool is_quant(WeightType t) { return t == WeightType::kQuant || t == WeightType::kQuantQ8; }
 
 // Consecutive weight rows stored in one GGUF block type: rows * (in / block) blocks, row-major.
 struct QuantPart {
@@ -29,7 +31,9 @@ class Linear {
   // Quantized weights as stored: the parts' rows one after the other (e.g. Q|K|V, each in its
   // own GGUF type), in_features a multiple of every part's block size. PRECOND:
   // quant_gemv_supports(part.type) for every part. bias: [sum of rows] or empty.
-  Linear(int in_features, std::vector<QuantPart> parts, std::vector<float> bias);
+  // type: kQuant or kQuantQ8 (the decode activations' format).
+  Linear(int in_features, std::vector<QuantPart> parts, std::vector<float> bias,
+         WeightType type = WeightType::kQuant);
   Linear(Linear&&) noexcept;
   Linear& operator=(Linear&&) noexcept;
   ~Linear();
@@ -70,7 +74,7 @@ class Linear {
   WeightType type_ = WeightType::kF32;
   std::vector<float> weight_f32_;      // [out, in] when type_ == kF32
   std::vector<uint16_t> weight_bf16_;  // [out, in] when type_ == kBF16
-  std::vector<QuantPart> parts_;       // when type_ == kQuant
+  std::vector<QuantPart> parts_;       // when is_quant(type_)
   std::vector<float> bias_;            // [out]
   std::unique_ptr<Impl> impl_;         // cached oneDNN primitives, keyed by m
 };
@@ -85,6 +89,7 @@ Linear concat_rows(int in_features, std::vector<std::vector<float>> weights,
                    std::vector<std::vector<float>> biases, std::vector<int> outs, WeightType type);
 // The same for quantized parts (adjacent parts of one type are merged into one).
 Linear concat_quant_rows(int in_features, std::vector<QuantPart> parts,
-                         std::vector<std::vector<float>> biases);
+                         std::vector<std::vector<float>> biases,
+                         WeightType type = WeightType::kQuant);
 
 }  // namespace hybridgen::cpu

@@ -27,10 +27,11 @@ uint64_t ModelWeights::decode_step_bytes() const {
 
 std::string ModelWeights::format_name() const {
   int quant = 0, total = 0;
-  bool bf16 = false;
+  bool bf16 = false, q8 = false;
   auto see = [&](const cpu::Linear& l) {
     ++total;
-    quant += l.type() == cpu::WeightType::kQuant;
+    quant += cpu::is_quant(l.type());
+    q8 |= l.type() == cpu::WeightType::kQuantQ8;
     bf16 |= l.type() == cpu::WeightType::kBF16;
   };
   see(lm_head);
@@ -40,8 +41,8 @@ std::string ModelWeights::format_name() const {
     see(l.up);
     see(l.down);
   }
-  if (quant == total) return "native";
-  if (quant > 0) return "native+bf16";
+  if (quant == total) return q8 ? "native-q8" : "native";
+  if (quant > 0) return q8 ? "native-q8+bf16" : "native+bf16";
   return bf16 ? "bf16" : "f32";
 }
 
@@ -136,10 +137,10 @@ ModelWeights load_weights(const ModelConfig& c, const TensorSource& src, Naming 
 
   // One projection from the tensors `names` of shapes [outs[i], in] (rows concatenated in
   // order): quantized as stored when asked for and every tensor has a native GEMV, else float
-  // weights (bf16 in place of kQuant).
+  // weights (bf16 in place of kQuant / kQuantQ8).
   auto linear = [&](int in, const std::vector<std::string>& names, const std::vector<int>& outs,
                     std::vector<std::vector<float>> biases) -> cpu::Linear {
-    if (type == cpu::WeightType::kQuant) {
+    if (cpu::is_quant(type)) {
       std::vector<cpu::QuantPart> parts;
       for (size_t i = 0; i < names.size(); ++i) {
         const TensorInfo* t = src.quantized(names[i], {outs[i], in});
@@ -153,9 +154,10 @@ ModelWeights load_weights(const ModelConfig& c, const TensorSource& src, Naming 
         }
         parts.push_back({t->dtype, outs[i], std::vector<uint8_t>(t->data, t->data + t->nbytes)});
       }
-      if (!parts.empty()) return cpu::concat_quant_rows(in, std::move(parts), std::move(biases));
+      if (!parts.empty())
+        return cpu::concat_quant_rows(in, std::move(parts), std::move(biases), type);
     }
-    const cpu::WeightType ft = type == cpu::WeightType::kQuant ? cpu::WeightType::kBF16 : type;
+    const cpu::WeightType ft = cpu::is_quant(type) ? cpu::WeightType::kBF16 : type;
     std::vector<std::vector<float>> ws;
     for (size_t i = 0; i < names.size(); ++i) ws.push_back(src.load(names[i], {outs[i], in}));
     if (names.size() == 1)
@@ -175,11 +177,11 @@ ModelWeights load_weights(const ModelConfig& c, const TensorSource& src, Naming 
   // Tied embeddings: some tied checkpoints still carry lm_head.weight (a copy); use it if so.
   if (!c.tied_embeddings || src.has(head_name))
     w.lm_head = linear(c.d_model, {head_name}, {c.vocab_size}, std::vector<std::vector<float>>(1));
-  else if (type == cpu::WeightType::kQuant && src.quantized(embed_name, {vocab, d}))
+  else if (cpu::is_quant(type) && src.quantized(embed_name, {vocab, d}))
     w.lm_head = linear(c.d_model, {embed_name}, {c.vocab_size}, std::vector<std::vector<float>>(1));
   else
     w.lm_head = cpu::Linear(c.vocab_size, c.d_model, w.token_embedding, {},
-                            type == cpu::WeightType::kQuant ? cpu::WeightType::kBF16 : type);
+                            cpu::is_quant(type) ? cpu::WeightType::kBF16 : type);
 
   w.layers.resize(c.n_layers);
   for (int i = 0; i < c.n_layers; ++i) {

@@ -107,10 +107,14 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& o) {
   WeightChoice choice = o.weight_format == WeightFormat::kF32      ? WeightChoice::kF32
                         : o.weight_format == WeightFormat::kBF16   ? WeightChoice::kBF16
                         : o.weight_format == WeightFormat::kNative ? WeightChoice::kNative
-                                                                   : WeightChoice::kAuto;
+                        : o.weight_format == WeightFormat::kNativeQ8 ? WeightChoice::kNativeQ8
+                                                                     : WeightChoice::kAuto;
   // The CUDA backend uploads float weights only (quantized ones: docs/quantization.md).
-  HG_CHECK(!(o.device == "cuda" && choice == WeightChoice::kNative),
-           "--weight-format native runs on --device cpu only (the CUDA backend takes f32 or bf16)");
+  HG_CHECK(!(o.device == "cuda" &&
+             (choice == WeightChoice::kNative || choice == WeightChoice::kNativeQ8)),
+           std::string("--weight-format ") +
+               (choice == WeightChoice::kNative ? "native" : "native-q8") +
+               " runs on --device cpu only (the CUDA backend takes f32 or bf16)");
   if (o.device == "cuda" && choice == WeightChoice::kAuto) choice = WeightChoice::kAutoFloat;
   LoadedModel m = load_model(o.model_path, o.random_weights, o.random_seed, choice);
   const ModelConfig& c = m.config;

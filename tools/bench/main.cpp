@@ -159,8 +159,9 @@ int main(int argc, char** argv) {
   app.add_option("--weight-seed", load.random_seed, "seed of --random-weights")
       ->capture_default_str();
   app.add_option("--weight-format", weight_format,
-                 "weights for the CPU GEMMs: auto, f32, bf16, native (GGUF blocks as stored)")
-      ->check(CLI::IsMember({"auto", "f32", "bf16", "native"}))
+                 "weights for the CPU GEMMs: auto, f32, bf16, native (GGUF blocks as stored, "
+                 "16-bit activations), native-q8 (the same blocks, llama.cpp's 8-bit activations)")
+      ->check(CLI::IsMember({"auto", "f32", "bf16", "native", "native-q8"}))
       ->capture_default_str();
   app.add_option("--device", spec.device, "cpu or cuda (every policy)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
@@ -251,6 +252,7 @@ int main(int argc, char** argv) {
     load.weight_format = weight_format == "f32"      ? WeightFormat::kF32
                          : weight_format == "bf16"   ? WeightFormat::kBF16
                          : weight_format == "native" ? WeightFormat::kNative
+                         : weight_format == "native-q8" ? WeightFormat::kNativeQ8
                                                      : WeightFormat::kAuto;
     load.device = spec.device;
     load.attention.k_min = spec.k_min;

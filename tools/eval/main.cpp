@@ -80,6 +80,7 @@ std::unique_ptr<hybridgen::Engine> load_reference(Options& o) {
   o.load.weight_format = o.weight_format == "f32"      ? hybridgen::WeightFormat::kF32
                          : o.weight_format == "bf16"   ? hybridgen::WeightFormat::kBF16
                          : o.weight_format == "native" ? hybridgen::WeightFormat::kNative
+                         : o.weight_format == "native-q8" ? hybridgen::WeightFormat::kNativeQ8
                                                        : hybridgen::WeightFormat::kAuto;
   o.load.attention.speculative = !o.exact_query;
   hybridgen::LoadOptions ref = o.load;
@@ -661,8 +662,9 @@ void add_common(CLI::App* app, Options& o) {
   app->add_option("-t,--threads", o.load.n_threads, "CPU threads (0: all cores)")
       ->capture_default_str();
   app->add_option("--weight-format", o.weight_format,
-                  "weights for the CPU GEMMs: auto, f32, bf16, native (GGUF blocks as stored)")
-      ->check(CLI::IsMember({"auto", "f32", "bf16", "native"}))
+                  "weights for the CPU GEMMs: auto, f32, bf16, native (GGUF blocks as stored, "
+                 "16-bit activations), native-q8 (the same blocks, llama.cpp's 8-bit activations)")
+      ->check(CLI::IsMember({"auto", "f32", "bf16", "native", "native-q8"}))
       ->capture_default_str();
   app->add_option("--policy", o.policies,
                   "policies, comma-separated: full, hybrid (the scheduler, K = K_min), "

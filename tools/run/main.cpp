@@ -75,8 +75,9 @@ int main(int argc, char** argv) {
   app.add_option("--weight-seed", load.random_seed, "seed of --random-weights")
       ->capture_default_str();
   app.add_option("--weight-format", weight_format,
-                 "weights for the CPU GEMMs: auto, f32, bf16, native (GGUF blocks as stored)")
-      ->check(CLI::IsMember({"auto", "f32", "bf16", "native"}))
+                 "weights for the CPU GEMMs: auto, f32, bf16, native (GGUF blocks as stored, "
+                 "16-bit activations), native-q8 (the same blocks, llama.cpp's 8-bit activations)")
+      ->check(CLI::IsMember({"auto", "f32", "bf16", "native", "native-q8"}))
       ->capture_default_str();
   app.add_option("--device", load.device, "where the model runs: cpu or cuda")
       ->check(CLI::IsMember({"cpu", "cuda"}))
@@ -99,6 +100,7 @@ int main(int argc, char** argv) {
     load.weight_format = weight_format == "f32"      ? hybridgen::WeightFormat::kF32
                          : weight_format == "bf16"   ? hybridgen::WeightFormat::kBF16
                          : weight_format == "native" ? hybridgen::WeightFormat::kNative
+                         : weight_format == "native-q8" ? hybridgen::WeightFormat::kNativeQ8
                                                      : hybridgen::WeightFormat::kAuto;
     load.max_sequences = batch;
     hybridgen::tools::apply_attention_flags(load.attention, attention_extras);

@@ -169,8 +169,9 @@ int main(int argc, char** argv) {
   app.add_option("-t,--threads", load.n_threads, "CPU threads (0: all cores)")
       ->capture_default_str();
   app.add_option("--weight-format", weight_format,
-                 "weights for the CPU GEMMs: auto, f32, bf16, native (GGUF blocks as stored)")
-      ->check(CLI::IsMember({"auto", "f32", "bf16", "native"}))
+                 "weights for the CPU GEMMs: auto, f32, bf16, native (GGUF blocks as stored, "
+                 "16-bit activations), native-q8 (the same blocks, llama.cpp's 8-bit activations)")
+      ->check(CLI::IsMember({"auto", "f32", "bf16", "native", "native-q8"}))
       ->capture_default_str();
   tools::add_attention_flags(app, load.attention, attention_extras);
   app.add_option("--parallel", bopt.parallel, "sequences decoded together at most")
@@ -239,6 +240,7 @@ int main(int argc, char** argv) {
     load.weight_format = weight_format == "f32"      ? WeightFormat::kF32
                          : weight_format == "bf16"   ? WeightFormat::kBF16
                          : weight_format == "native" ? WeightFormat::kNative
+                         : weight_format == "native-q8" ? WeightFormat::kNativeQ8
                                                      : WeightFormat::kAuto;
     load.max_sequences = bopt.parallel;
     if (!api_key_file.empty()) api_key = read_key_file(api_key_file);

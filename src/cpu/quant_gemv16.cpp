@@ -1,0 +1,79 @@
+// The 16-bit-activation quantized GEMV's dispatch (the path as quant_gemv.cpp picks it) and
+// its OpenMP split over rows.
+#include "cpu/quant_gemv16.h"
+
+#include <algorithm>
+#include <string>
+
+#include "cpu/gemv.h"
+#include "cpu/quant_kernels16.h"
+#include "util/check.h"
+
+namespace hybridgen::cpu {
+
+namespace {
+
+// Output rows per OpenMP work item, as quant_gemv.cpp.
+constexpr int kRowsPerChunk = 64;
+
+quant::Kernels16 kernels_of(QuantPath p) {
+  switch (p) {
+    case QuantPath::kPortable:
+      return quant::portable_kernels16();
+    case QuantPath::kAvx2:
+      return quant::avx2_kernels16();
+    case QuantPath::kAvx512:
+      return quant::avx512_kernels16(false);
+    case QuantPath::kAvx512Vnni:
+      return quant::avx512_kernels16(true);
+  }
+  return quant::portable_kernels16();
+}
+
+quant::Rows16Fn pick(const quant::Kernels16& k, DType t) {
+  switch (t) {
+    case DType::kQ4_0:
+      return k.q4_0;
+    case DType::kQ4_1:
+      return k.q4_1;
+    case DType::kQ8_0:
+      return k.q8_0;
+    case DType::kQ4_K:
+      return k.q4_k;
+    case DType::kQ6_K:
+      return k.q6_k;
+    default:
+      return nullptr;
+  }
+}
+
+}  // namespace
+
+void gemv_quant16_on(QuantPath path, DType t, const uint8_t* w, const QuantActivations16& x,
+                     const float* bias, float* y, int ldy, int rows) {
+  static const std::vector<QuantPath> has = quant_paths_this_cpu_has();
+  HG_CHECK(std::find(has.begin(), has.end(), path) != has.end(),
+           std::string("gemv quant16: this CPU cannot run the ") + quant_path_name(path) +
+               " path (features: " + cpu_features() + ")");
+  HG_CHECK(quant_gemv_supports(t),
+           std::string("gemv quant16: no kernel for ") + std::string(dtype_name(t)));
+  HG_CHECK(x.m >= 1 && x.m <= kGemvMaxRows,
+           "gemv quant16: m must be in [1, 4], got " + std::to_string(x.m));
+  HG_CHECK(x.in % dtype_block_size(t) == 0, "gemv quant16: " + std::to_string(x.in) +
+                                                " inputs is not a multiple of the " +
+                                                std::string(dtype_name(t)) + " block");
+  const quant::Rows16Fn fn = pick(kernels_of(path), t);
+  HG_CHECK(fn, std::string("gemv quant16: no kernel for ") + std::string(dtype_name(t)));
+  const int64_t row_bytes = x.in / dtype_block_size(t) * dtype_block_bytes(t);
+  const int chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
+#pragma omp parallel for schedule(guided)
+  for (int c = 0; c < chunks; ++c) {
+    const int o0 = c * kRowsPerChunk, o1 = std::min(o0 + kRowsPerChunk, rows);
+    fn(w, row_bytes, x, y, ldy, o0, o1);
+    if (bias)
+      for (int r = 0; r < x.m; ++r)
+        for (int o = o0; o < o1; ++o) y[int64_t(r) * ldy + o] += bias[o];
+  }
+}
+
+}  // namespace hybridgen::cpu

@@ -1,0 +1,47 @@
+// Decode GEMV on GGUF quantized weights as they are stored, with 16-bit activations: the
+// weight blocks are never widened to float, the activations are quantized per block of 32 to
+// int16 (d = amax / 32767 in float32, q = round-to-nearest(x / d)), each block's integer dot
+// product is exact in int32 and scaled once per block (Q6_K: its two sub-block scales of 16
+// are folded into the int16 weights first). The relative rounding step of an activation is
+// 1/65534 of its block's largest value, 258x finer than llama.cpp's Q8 (1/254): near-float
+// results, which is what --weight-format native (and auto) runs; native-q8 keeps llama.cpp's
+// 8-bit activations (cpu/quant_gemv.h).
+//
+// One activation format serves every weight type (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K), so a fused
+// projection of mixed types (Q|K|V of a Q4_K_M file) quantizes its input once. Exactness of
+// the int32 block sums: |w| <= 128 (Q8_0), <= 15 (Q4_x nibbles), <= 63 * 15 (Q4_K, scale
+// folded in), <= 32 * 128 (Q6_K, scale folded in); a SIMD lane sums at most 4 products
+// (4 * 4096 * 32767 < 2^31), the portable kernels one sub-block (Q6_K: 16 * 4096 * 32767 <
+// 2^31); the float conversion of a sum is the only rounding before the block's scale.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "cpu/quant_gemv.h"
+
+namespace hybridgen::cpu {
+
+// The block of the 16-bit activations (every weight type's block is a multiple of it).
+constexpr int kAct16Block = 32;
+
+struct QuantActivations16 {
+  int m = 0, in = 0;
+  std::vector<int16_t> q;     // [m, in]
+  std::vector<float> d;       // [m, in / 32]: amax / 32767 (0 for an all-zero block)
+  std::vector<int32_t> isum;  // [m, in / 32]: sum of q per block (Q4_1's and Q4_K's mins)
+};
+// x: [m, in] float32. PRECOND: in % 32 == 0 (checked).
+void quantize_activations16(const float* x, int m, int in, QuantActivations16* out);
+
+// y[r * ldy + o] = sum_i W[o, i] * X[r, i] (+ bias[o]) for r < m, o < rows; as gemv_quant_on
+// with 16-bit activations.  w: rows * (in / block) blocks of t;  y: [m, ldy]
+// PRECOND: quant_gemv_supports(t), in % block(t) == 0, 1 <= m <= kGemvMaxRows, the path runs
+// on this CPU (all checked).
+void gemv_quant16_on(QuantPath path, DType t, const uint8_t* w, const QuantActivations16& x,
+                     const float* bias, float* y, int ldy, int rows);
+inline void gemv_quant16(DType t, const uint8_t* w, const QuantActivations16& x,
+                         const float* bias, float* y, int ldy, int rows) {
+  gemv_quant16_on(quant_gemv_path(), t, w, x, bias, y, ldy, rows);
+}
+
+}  // namespace hybridgen::cpu
