@@ -10,6 +10,7 @@
 #include "cpu/linear.h"
 #include "cpu/logits.h"
 #include "cpu/quant_gemv.h"
+#include "cpu/quant_gemv16.h"
 #include "cpu/vec.h"
 #include "util/check.h"
 #include "util/log.h"
@@ -179,7 +180,7 @@ std::string describe_dispatch() {
   s += std::string("  gemv f32 weights:  ") + isa_name(gemv_f32_isa()) + "\n";
   s += std::string("  gemv bf16 weights: ") + isa_name(gemv_bf16_isa()) + "\n";
   s += std::string("  gemv quantized weights, native (activations int16 per 32, f32 scale): ") +
-       quant_path_name(quant_gemv_path()) + " (Q4_0 Q4_1 Q8_0 Q4_K Q6_K)\n";
+       quant_path_name(quant_gemv16_path()) + " (Q4_0 Q4_1 Q8_0 Q4_K Q6_K)\n";
   s += std::string("  gemv quantized weights, native-q8 (activations Q8_0/Q8_1/Q8_K as llama.cpp): ") +
        quant_path_name(quant_gemv_path()) + " (Q4_0 Q4_1 Q8_0; Q4_K Q6_K at " +
        quant_path_name(quant_gemv_path() >= QuantPath::kAvx512 ? QuantPath::kAvx2

@@ -47,7 +47,36 @@ quant::Rows16Fn pick(const quant::Kernels16& k, DType t) {
   }
 }
 
+// Policy: which paths' 16-bit kernels the engine may take. A kernel is taken only once it has
+// run on a CPU with its instructions; until then the next lower path runs instead (same
+// results within the int16 rounding, the avx2 kernels on an AVX-512 CPU).
+struct Verified16 {
+  QuantPath path;
+  bool has_run;
+  const char* evidence;
+};
+constexpr Verified16 kVerified16[] = {
+    {QuantPath::kPortable, true, "quant_gemv16_test + mutation checks, 2026-12-02 (AVX2 EPYC)"},
+    {QuantPath::kAvx2, true, "quant_gemv16_test + mutation checks, 2026-12-02 (AVX2 EPYC)"},
+    {QuantPath::kAvx512, false, "compiled only: no AVX-512 CPU in the session that wrote it"},
+    {QuantPath::kAvx512Vnni, false, "compiled only: no AVX-512 CPU in the session that wrote it"},
+};
+
+bool has_run(QuantPath p) {
+  for (const Verified16& v : kVerified16)
+    if (v.path == p) return v.has_run;
+  return false;
+}
+
 }  // namespace
+
+QuantPath quant_gemv16_path() {
+  QuantPath p = quant_gemv_path();
+  while (p != QuantPath::kPortable && !has_run(p))
+    p = p == QuantPath::kAvx512Vnni ? QuantPath::kAvx512
+                                   : static_cast<QuantPath>(static_cast<int>(p) - 1);
+  return p;
+}
 
 void gemv_quant16_on(QuantPath path, DType t, const uint8_t* w, const QuantActivations16& x,
                      const float* bias, float* y, int ldy, int rows) {

@@ -39,9 +39,14 @@ void quantize_activations16(const float* x, int m, int in, QuantActivations16* o
 // on this CPU (all checked).
 void gemv_quant16_on(QuantPath path, DType t, const uint8_t* w, const QuantActivations16& x,
                      const float* bias, float* y, int ldy, int rows);
+// The path the engine takes for 16-bit activations: quant_gemv_path(), stepped down to the
+// highest path whose kernels have run (and passed quant_gemv16_test) on a CPU that has it
+// (the table in quant_gemv16.cpp). Kernels not yet run are still tested, through
+// gemv_quant16_on, on every CPU that has their path.
+QuantPath quant_gemv16_path();
 inline void gemv_quant16(DType t, const uint8_t* w, const QuantActivations16& x,
                          const float* bias, float* y, int ldy, int rows) {
-  gemv_quant16_on(quant_gemv_path(), t, w, x, bias, y, ldy, rows);
+  gemv_quant16_on(quant_gemv16_path(), t, w, x, bias, y, ldy, rows);
 }
 
 }  // namespace hybridgen::cpu
