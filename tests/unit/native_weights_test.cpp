@@ -214,8 +214,11 @@ TEST(NativeModel, LogitsMatchLlamaCppDecode) {
 
 // Measured (docs/quantization.md) and bounded with a margin: native-q8 against the same f32
 // weights is at 290 / 300, mean 0.154, max 0.89 on llama.cpp's top-20; native here (avx2
-// path) 300 / 300, mean 0.000674, max 0.00429.
-constexpr int kMinTop1Native16 = 298;
+// path) 300 / 300, mean 0.000674, max 0.00429. The test takes the first 100 positions: the f32
+// reference reads 540 MB of weights per position (75-150 s for 300 here, far more under ASan),
+// and the mean bound, 30x below native-q8's, is what tells 16-bit from 8-bit activations.
+constexpr size_t kPositionsNative16 = 100;
+constexpr int kMinTop1Native16 = 99;
 constexpr double kMaxMeanNative16 = 0.005, kMaxDiffNative16 = 0.05;
 
 TEST(NativeModel, Int16ActivationsMatchF32Weights) {
@@ -224,8 +227,9 @@ TEST(NativeModel, Int16ActivationsMatchF32Weights) {
   std::ifstream in(std::string(HYBRIDGEN_TEST_DATA_DIR) + "/models/smollm2_llama_cpp.json");
   ASSERT_TRUE(in);
   const json ref = json::parse(in);
-  const auto tokens = ref["tokens"].get<std::vector<int32_t>>();
-  ASSERT_GE(tokens.size(), 300u);
+  auto tokens = ref["tokens"].get<std::vector<int32_t>>();
+  ASSERT_GE(tokens.size(), kPositionsNative16);
+  tokens.resize(kPositionsNative16);
   std::vector<float> logits[2];
   int vocab = 0;
   for (int i = 0; i < 2; ++i) {
