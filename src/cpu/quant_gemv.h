@@ -14,6 +14,7 @@
 // from llama.cpp's.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "cpu/isa.h"
@@ -47,6 +48,9 @@ const char* quant_path_name(QuantPath p);
 QuantPath quant_gemv_path();
 // Every path this CPU can run (tests).
 std::vector<QuantPath> quant_paths_this_cpu_has();
+// For -v: the path and which types run at which level, e.g. "avx512-vnni (Q4_0 Q4_1 Q8_0;
+// Q4_K Q6_K at avx512; Q5_0 … at avx2)".
+std::string quant_gemv_describe(QuantPath path);
 
 // y[r * ldy + o] = sum_i W[o, i] * X[r, i] (+ bias[o]) for r < m, o < rows, W the weight rows
 // as stored and X the quantized activations.

@@ -39,9 +39,13 @@ std::vector<uint8_t> blocks(DType t, int rows, int in, std::mt19937& rng) {
   std::uniform_int_distribution<int> byte(0, 255);
   std::uniform_real_distribution<float> mag(-0.02f, 0.02f);
   for (auto& v : w) v = static_cast<uint8_t>(byte(rng));
-  const std::vector<int> f16s = t == DType::kQ6_K                        ? std::vector<int>{208}
-                                : t == DType::kQ4_1 || t == DType::kQ4_K ? std::vector<int>{0, 2}
-                                                                         : std::vector<int>{0};
+  const std::vector<int> f16s =
+      t == DType::kQ6_K   ? std::vector<int>{208}
+      : t == DType::kQ3_K ? std::vector<int>{108}
+      : t == DType::kQ2_K ? std::vector<int>{80, 82}
+      : t == DType::kQ4_1 || t == DType::kQ4_K || t == DType::kQ5_1 || t == DType::kQ5_K
+          ? std::vector<int>{0, 2}
+          : std::vector<int>{0};
   for (int64_t b = 0; b < nb; ++b)
     for (int off : f16s) {
       const uint16_t h = f32_to_f16(mag(rng));
@@ -50,14 +54,13 @@ std::vector<uint8_t> blocks(DType t, int rows, int in, std::mt19937& rng) {
   return w;
 }
 
-}  // namespace
-
-TEST(NativeLinear, MixedPartsMatchFloatWeights) {
-  std::mt19937 rng(3);
+// A Linear of quantized parts `spec` (rows per part; equal neighbouring types merge into
+// `merged_parts`) against the float32 Linear on the same weights dequantized: decode (m <= 4,
+// the quantized GEMV) and prefill (m = 9, dequantized panels) at in = 512.
+void check_mixed_linear(const std::vector<std::pair<DType, int>>& spec, size_t merged_parts,
+                        uint32_t seed) {
+  std::mt19937 rng(seed);
   const int in = 512;
-  const std::vector<std::pair<DType, int>> spec = {{DType::kQ4_K, 96}, {DType::kQ4_K, 32},
-                                                   {DType::kQ6_K, 32}, {DType::kQ8_0, 40},
-                                                   {DType::kQ4_1, 24}, {DType::kQ4_0, 8}};
   std::vector<cpu::QuantPart> parts;
   std::vector<std::vector<float>> biases;
   std::vector<float> W;  // [out, in] dequantized
@@ -71,14 +74,19 @@ TEST(NativeLinear, MixedPartsMatchFloatWeights) {
     parts.push_back(std::move(p));
     out += rows;
   }
+  std::string names;
+  for (auto [t, rows] : spec) {
+    if (!names.empty()) names += ' ';
+    names += dtype_name(t);
+  }
   std::vector<float> bias;
   for (auto& b : biases) bias.insert(bias.end(), b.begin(), b.end());
   cpu::Linear q = cpu::concat_quant_rows(in, std::move(parts), std::move(biases));
   ASSERT_EQ(q.type(), cpu::WeightType::kQuant);
   ASSERT_EQ(q.out_features(), out);
-  EXPECT_EQ(q.quant_parts().size(), 5u);  // the two Q4_K parts merged
+  EXPECT_EQ(q.quant_parts().size(), merged_parts);
   cpu::Linear f(out, in, W, bias, cpu::WeightType::kF32);
-  for (int r : {0, 95, 96, 160, 227})  // weight_row dequantizes the right part
+  for (int r = 0; r < out; r += 7)  // weight_row dequantizes the right part
     EXPECT_EQ(q.weight_row(r), f.weight_row(r)) << "row " << r;
 
   std::normal_distribution<float> nd(0.f, 1.f);
@@ -102,7 +110,8 @@ TEST(NativeLinear, MixedPartsMatchFloatWeights) {
         EXPECT_LE(err, (m <= cpu::kGemvMaxRows ? 1e-2 : 1e-5) * scale + 1e-6)
             << "m " << m << " y[" << r << "," << o << "]";
       }
-    std::printf("[ native linear ] m %d: max |native - f32| / sum|w x| = %.3g\n", m, max_rel);
+    std::printf("[ native linear ] %s m %d: max |native - f32| / sum|w x| = %.3g\n", names.c_str(),
+                m, max_rel);
   }
   // forward_rows: the first rows only, from the GEMV.
   std::vector<float> x(in), y_rows(130), y_all(out);
@@ -111,6 +120,33 @@ TEST(NativeLinear, MixedPartsMatchFloatWeights) {
   q.forward(x.data(), y_all.data(), 1);
   for (int o = 0; o < 130; ++o) EXPECT_EQ(y_rows[o], y_all[o]) << o;
 }
+
+}  // namespace
+
+TEST(NativeLinear, MixedPartsMatchFloatWeights) {
+  // As Q|K|V of a Q4_K_M file, and the block-32 types; the two Q4_K parts merge.
+  check_mixed_linear({{DType::kQ4_K, 96},
+                      {DType::kQ4_K, 32},
+                      {DType::kQ6_K, 32},
+                      {DType::kQ8_0, 40},
+                      {DType::kQ4_1, 24},
+                      {DType::kQ4_0, 8}},
+                     5, 3);
+}
+
+TEST(NativeLinear, NewerTypesMixedMatchFloatWeights) {
+  // Q5_K_M / IQ4_XS / Q3_K_M / Q2_K style mixes and the other block-32 types in one Linear.
+  check_mixed_linear({{DType::kQ5_K, 72},
+                      {DType::kQ6_K, 16},
+                      {DType::kIQ4_XS, 40},
+                      {DType::kQ3_K, 24},
+                      {DType::kQ2_K, 24},
+                      {DType::kQ5_0, 16},
+                      {DType::kQ5_1, 16},
+                      {DType::kIQ4_NL, 24}},
+                     8, 5);
+}
+
 
 // Measured (see docs/quantization.md) and bounded with a margin.
 constexpr double kMaxLogitDiff = 2.0, kMaxMeanDiff = 0.25;

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -245,4 +246,23 @@ TEST(QuantGemv, BadArgumentsAreNamed) {
   float y[1];
   EXPECT_THROW(gemv_quant_on(QuantPath::kPortable, DType::kQ8_0, w.data(), a, nullptr, y, 1, 1),
                Error);
+}
+
+// -v's line: every native type named once per path, at a level that has its kernel.
+TEST(QuantGemv, DescribeNamesEveryTypeOnce) {
+  for (QuantPath p : quant_paths_this_cpu_has()) {
+    const std::string s = quant_gemv_describe(p);
+    std::printf("%s\n", s.c_str());
+    EXPECT_EQ(s.rfind(quant_path_name(p), 0), 0u) << s;
+    std::string words = s;  // the type names as words
+    for (char& c : words)
+      if (c == '(' || c == ')' || c == ';') c = ' ';
+    for (const Layout& L : kLayouts) {
+      const std::string name(dtype_name(L.t));
+      int n = 0;
+      std::istringstream in(words);
+      for (std::string w; in >> w;) n += w == name;
+      EXPECT_EQ(n, 1) << name << " in " << s;
+    }
+  }
 }
