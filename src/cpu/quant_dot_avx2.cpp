@@ -68,8 +68,8 @@ HG_AVX2 inline __m256i bits_to_bytes(const uint8_t* p) {
 
 // IQ4_NL / IQ4_XS: 16 bytes of indices -> the 32 signed levels (low nibbles first).
 HG_AVX2 inline __m256i iq4_levels(const uint8_t* qs) {
-  const __m256i table = _mm256_broadcastsi128_si256(
-      _mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
+  const __m256i table =
+      _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlValues)));
   return _mm256_shuffle_epi8(table, nibbles(qs));
 }
 
@@ -81,10 +81,10 @@ template <Fmt F>
 HG_AVX2 void rows_b32(const uint8_t* w, int64_t rb, const QuantActivations& x, float* y, int ldy,
                       int o0, int o1) {
   constexpr int kBytes = F == kQ4_0 || F == kIQ4_NL ? 18
-                         : F == kQ4_1                ? 20
-                         : F == kQ5_0                ? 22
-                         : F == kQ5_1                ? 24
-                                                     : 34;
+                         : F == kQ4_1               ? 20
+                         : F == kQ5_0               ? 22
+                         : F == kQ5_1               ? 24
+                                                    : 34;
   constexpr bool kHasMin = F == kQ4_1 || F == kQ5_1;  // unsigned q, m · s added
   const int nb = x.in / 32, m = x.m;
   for (int o = o0; o < o1; ++o) {
@@ -109,8 +109,9 @@ HG_AVX2 void rows_b32(const uint8_t* w, int64_t rb, const QuantActivations& x, f
         wq = iq4_levels(blk + 2);
       else {  // Q5: the fifth bit (qh) on the nibbles; Q5_0 signed as q - 16
         const uint8_t* qs = blk + (F == kQ5_0 ? 6 : 8);
-        wq = _mm256_or_si256(nibbles(qs), _mm256_and_si256(bits_to_bytes(blk + (F == kQ5_0 ? 2 : 4)),
-                                                           _mm256_set1_epi8(0x10)));
+        wq = _mm256_or_si256(
+            nibbles(qs),
+            _mm256_and_si256(bits_to_bytes(blk + (F == kQ5_0 ? 2 : 4)), _mm256_set1_epi8(0x10)));
         if constexpr (F == kQ5_0) wq = _mm256_sub_epi8(wq, _mm256_set1_epi8(16));
       }
       for (int r = 0; r < m; ++r) {
@@ -299,8 +300,7 @@ HG_AVX2 void rows_q3_q2_k(const uint8_t* w, int64_t rb, const QuantActivations& 
       __m256i sumi[kGemvMaxRows];
       for (int r = 0; r < m; ++r) sumi[r] = _mm256_setzero_si256();
       for (int n = 0; n < 2; ++n) {
-        const __m256i qs =
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + kQs + 32 * n));
+        const __m256i qs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + kQs + 32 * n));
         for (int j = 0; j < 4; ++j) {
           __m256i u = _mm256_and_si256(_mm256_srli_epi16(qs, 2 * j), m3);
           if constexpr (kQ3)
@@ -308,8 +308,7 @@ HG_AVX2 void rows_q3_q2_k(const uint8_t* w, int64_t rb, const QuantActivations& 
                 u, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hm, 4 * n + j), one), 2));
           // The low 16 elements have scale g, the high 16 scale g + 1.
           const int g = 8 * n + 2 * j;
-          const __m256i s =
-              _mm256_set_m128i(_mm_set1_epi16(sc[g + 1]), _mm_set1_epi16(sc[g]));
+          const __m256i s = _mm256_set_m128i(_mm_set1_epi16(sc[g + 1]), _mm_set1_epi16(sc[g]));
           for (int r = 0; r < m; ++r) {
             const int8_t* xr = x.q.data() + int64_t(r) * x.in + 256 * b + 128 * n + 32 * j;
             const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr));
@@ -336,8 +335,8 @@ HG_AVX2 void rows_q3_q2_k(const uint8_t* w, int64_t rb, const QuantActivations& 
 }
 
 // IQ4_XS: 8 sub-blocks of 32 (IQ4_NL's levels, signed) with 6-bit scales -32..31.
-HG_AVX2 void rows_iq4_xs(const uint8_t* w, int64_t rb, const QuantActivations& x, float* y,
-                         int ldy, int o0, int o1) {
+HG_AVX2 void rows_iq4_xs(const uint8_t* w, int64_t rb, const QuantActivations& x, float* y, int ldy,
+                         int o0, int o1) {
   const int nb = x.in / 256, m = x.m;
   for (int o = o0; o < o1; ++o) {
     const uint8_t* row = w + o * rb;

@@ -1,10 +1,9 @@
 // The portable (x86-64 baseline) row kernels of the quantized GEMV: integer dot products per
 // block, scaled once per block, in the formulas of ggml's scalar ggml_vec_dot_*_q8_* — and the
 // reference the SIMD paths are read against.
-#include "cpu/quant_kernels.h"
-
 #include <cstring>
 
+#include "cpu/quant_kernels.h"
 #include "model/dequant.h"
 
 namespace hybridgen::cpu::quant {
@@ -145,7 +144,8 @@ void rows_q6_k(const uint8_t* w, int64_t rb, const QuantActivations& x, float* y
 }
 
 // The newer types: one weight row (nb blocks) against activation row r of x.
-//   32-blocks: x.q [in], x.d / x.s / x.isum [in / 32];  256-blocks: x.d [in / 256], x.bsums [in / 16]
+//   32-blocks: x.q [in], x.d / x.s / x.isum [in / 32];  256-blocks: x.d [in / 256], x.bsums [in /
+//   16]
 
 // Q5_0 / Q5_1's 5-bit q of element j (0..31): low nibbles, then the bit j of qh on top.
 inline int q5(const uint8_t* qs, uint32_t qh, int j) {

@@ -127,10 +127,9 @@ std::vector<QuantPath> quant_paths_this_cpu_has() {
 
 std::string quant_gemv_describe(QuantPath path) {
   // The native types in the order of docs/quantization.md's table.
-  static constexpr DType kTypes[] = {DType::kQ4_0,   DType::kQ4_1, DType::kQ5_0, DType::kQ5_1,
-                                     DType::kQ8_0,   DType::kQ2_K, DType::kQ3_K, DType::kQ4_K,
-                                     DType::kQ5_K,   DType::kQ6_K, DType::kIQ4_NL,
-                                     DType::kIQ4_XS};
+  static constexpr DType kTypes[] = {DType::kQ4_0, DType::kQ4_1, DType::kQ5_0,   DType::kQ5_1,
+                                     DType::kQ8_0, DType::kQ2_K, DType::kQ3_K,   DType::kQ4_K,
+                                     DType::kQ5_K, DType::kQ6_K, DType::kIQ4_NL, DType::kIQ4_XS};
   std::string s = quant_path_name(path);
   for (int p = static_cast<int>(path); p >= 0; --p) {
     std::string types;

@@ -17,7 +17,7 @@ using RowsFn = void (*)(const uint8_t* w, int64_t row_bytes, const QuantActivati
 // takes the next lower path).
 struct Kernels {
   RowsFn q4_0 = nullptr, q4_1 = nullptr, q8_0 = nullptr, q4_k = nullptr, q6_k = nullptr;
-  RowsFn q5_0 = nullptr, q5_1 = nullptr, iq4_nl = nullptr;                    // vs q8_0 / q8_1
+  RowsFn q5_0 = nullptr, q5_1 = nullptr, iq4_nl = nullptr;                  // vs q8_0 / q8_1
   RowsFn q5_k = nullptr, q3_k = nullptr, q2_k = nullptr, iq4_xs = nullptr;  // vs q8_K
 };
 Kernels portable_kernels();

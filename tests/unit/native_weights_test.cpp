@@ -7,6 +7,7 @@
 //    smollm2_llama_cpp.json): llama.cpp quantizes activations per block to Q8 as we do, so its
 //    rounding is the reference here. Skips if the model is not fetched.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -16,7 +17,6 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <unistd.h>
 
 #include "cpu/gemv.h"
 #include "cpu/linear.h"
@@ -37,11 +37,11 @@ std::string model_path() {
 // Byte offsets of a block's f16 scale / min fields.
 std::vector<int> f16_offsets(DType t) {
   return t == DType::kQ6_K   ? std::vector<int>{208}
-      : t == DType::kQ3_K ? std::vector<int>{108}
-      : t == DType::kQ2_K ? std::vector<int>{80, 82}
-      : t == DType::kQ4_1 || t == DType::kQ4_K || t == DType::kQ5_1 || t == DType::kQ5_K
-          ? std::vector<int>{0, 2}
-          : std::vector<int>{0};
+         : t == DType::kQ3_K ? std::vector<int>{108}
+         : t == DType::kQ2_K ? std::vector<int>{80, 82}
+         : t == DType::kQ4_1 || t == DType::kQ4_K || t == DType::kQ5_1 || t == DType::kQ5_K
+             ? std::vector<int>{0, 2}
+             : std::vector<int>{0};
 }
 
 // Random blocks with moderate f16 scales (the kernels' extremes are quant_gemv_test's).
@@ -152,7 +152,6 @@ TEST(NativeLinear, NewerTypesMixedMatchFloatWeights) {
                       {DType::kIQ4_NL, 24}},
                      8, 5);
 }
-
 
 // Measured (see docs/quantization.md) and bounded with a margin.
 constexpr double kMaxLogitDiff = 2.0, kMaxMeanDiff = 0.25;
@@ -343,19 +342,32 @@ std::vector<std::string> byte_symbols() {
 
 uint32_t ggml_type_id(DType t) {
   switch (t) {
-    case DType::kQ5_0: return 6;
-    case DType::kQ5_1: return 7;
-    case DType::kQ2_K: return 10;
-    case DType::kQ3_K: return 11;
-    case DType::kQ5_K: return 13;
-    case DType::kQ6_K: return 14;
-    case DType::kIQ4_NL: return 20;
-    case DType::kIQ4_XS: return 23;
-    case DType::kQ4_0: return 2;
-    case DType::kQ4_1: return 3;
-    case DType::kQ8_0: return 8;
-    case DType::kQ4_K: return 12;
-    default: return 0;
+    case DType::kQ5_0:
+      return 6;
+    case DType::kQ5_1:
+      return 7;
+    case DType::kQ2_K:
+      return 10;
+    case DType::kQ3_K:
+      return 11;
+    case DType::kQ5_K:
+      return 13;
+    case DType::kQ6_K:
+      return 14;
+    case DType::kIQ4_NL:
+      return 20;
+    case DType::kIQ4_XS:
+      return 23;
+    case DType::kQ4_0:
+      return 2;
+    case DType::kQ4_1:
+      return 3;
+    case DType::kQ8_0:
+      return 8;
+    case DType::kQ4_K:
+      return 12;
+    default:
+      return 0;
   }
 }
 
@@ -436,10 +448,9 @@ void check_tiny_model(const std::string& label, const DType (&types)[2][7]) {
     quant(p + "ffn_up.weight", t[5], ff, d);
     quant(p + "ffn_down.weight", t[6], d, ff);
   }
-  const std::string path =
-      (std::filesystem::temp_directory_path() /
-       ("hybridgen_native_tiny_" + std::to_string(::getpid()) + ".gguf"))
-          .string();
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("hybridgen_native_tiny_" + std::to_string(::getpid()) + ".gguf"))
+                               .string();
   g.write(path);
 
   std::vector<int32_t> tokens(40);
@@ -470,8 +481,8 @@ void check_tiny_model(const std::string& label, const DType (&types)[2][7]) {
       max_diff = std::max(max_diff, double(std::fabs(a[i] - b[i])));
       max_abs = std::max(max_abs, double(std::fabs(b[i])));
     }
-    std::printf("[ tiny model, %s ] %s: max |native - f32| %.3g, max |logit| %.3g\n",
-                label.c_str(), prefill == 0 ? "decode" : "prefill", max_diff, max_abs);
+    std::printf("[ tiny model, %s ] %s: max |native - f32| %.3g, max |logit| %.3g\n", label.c_str(),
+                prefill == 0 ? "decode" : "prefill", max_diff, max_abs);
     // Decode: 8-bit activations per block (a few 1e-3 of sum |w x| per projection, above);
     // prefill: the f32 GEMM on the same dequantized weights.
     // Measured at decode: 0.142 / 4.06 = 0.035 (newer types), 0.119 / 5.49 = 0.022 (older).
@@ -482,17 +493,15 @@ void check_tiny_model(const std::string& label, const DType (&types)[2][7]) {
 }  // namespace
 
 TEST(NativeModel, NewerTypesTinyModelLoadsNativeAndMatchesF32) {
-  const DType newer[2][7] = {
-      {DType::kQ5_K, DType::kIQ4_XS, DType::kQ3_K, DType::kQ2_K, DType::kQ5_0, DType::kQ5_1,
-       DType::kIQ4_NL},
-      {DType::kQ5_K, DType::kQ5_K, DType::kQ6_K, DType::kQ5_K, DType::kQ5_K, DType::kQ5_K,
-       DType::kQ6_K}};
+  const DType newer[2][7] = {{DType::kQ5_K, DType::kIQ4_XS, DType::kQ3_K, DType::kQ2_K,
+                              DType::kQ5_0, DType::kQ5_1, DType::kIQ4_NL},
+                             {DType::kQ5_K, DType::kQ5_K, DType::kQ6_K, DType::kQ5_K, DType::kQ5_K,
+                              DType::kQ5_K, DType::kQ6_K}};
   check_tiny_model("newer types", newer);
   // The same model in the types that had kernels before, for scale (Q4_K_M's mix in layer 1).
-  const DType older[2][7] = {
-      {DType::kQ4_K, DType::kQ4_K, DType::kQ6_K, DType::kQ4_K, DType::kQ4_0, DType::kQ4_1,
-       DType::kQ8_0},
-      {DType::kQ4_K, DType::kQ4_K, DType::kQ6_K, DType::kQ4_K, DType::kQ4_K, DType::kQ4_K,
-       DType::kQ6_K}};
+  const DType older[2][7] = {{DType::kQ4_K, DType::kQ4_K, DType::kQ6_K, DType::kQ4_K, DType::kQ4_0,
+                              DType::kQ4_1, DType::kQ8_0},
+                             {DType::kQ4_K, DType::kQ4_K, DType::kQ6_K, DType::kQ4_K, DType::kQ4_K,
+                              DType::kQ4_K, DType::kQ6_K}};
   check_tiny_model("older types", older);
 }

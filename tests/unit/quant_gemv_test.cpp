@@ -32,11 +32,10 @@ struct Layout {
 };
 
 const Layout kLayouts[] = {
-    {DType::kQ4_0, {0}, 0, 0},     {DType::kQ4_1, {0, 2}, 0, 0},    {DType::kQ8_0, {0}, 0, 0},
-    {DType::kQ4_K, {0, 2}, 4, 16}, {DType::kQ6_K, {208}, 192, 208},
-    {DType::kQ5_0, {0}, 0, 0},     {DType::kQ5_1, {0, 2}, 0, 0},    {DType::kIQ4_NL, {0}, 0, 0},
-    {DType::kQ5_K, {0, 2}, 4, 16}, {DType::kQ3_K, {108}, 96, 108},  {DType::kQ2_K, {80, 82}, 0, 16},
-    {DType::kIQ4_XS, {0}, 2, 8},
+    {DType::kQ4_0, {0}, 0, 0},      {DType::kQ4_1, {0, 2}, 0, 0},    {DType::kQ8_0, {0}, 0, 0},
+    {DType::kQ4_K, {0, 2}, 4, 16},  {DType::kQ6_K, {208}, 192, 208}, {DType::kQ5_0, {0}, 0, 0},
+    {DType::kQ5_1, {0, 2}, 0, 0},   {DType::kIQ4_NL, {0}, 0, 0},     {DType::kQ5_K, {0, 2}, 4, 16},
+    {DType::kQ3_K, {108}, 96, 108}, {DType::kQ2_K, {80, 82}, 0, 16}, {DType::kIQ4_XS, {0}, 2, 8},
 };
 
 void put_f16(uint8_t* p, float v) {
