@@ -125,29 +125,26 @@ std::vector<float> Linear::weight_row(int r) const {
 }
 
 void Linear::forward_quant_gemv(const float* x, float* y, int m, int n_rows) const {
-  if (type_ == WeightType::kQuant) {
-    // 16-bit activations: one format for every weight type, so one quantization per call
-    // (per thread, kept between calls: no allocation per projection in a decode step).
-    thread_local QuantActivations16 act16;
-    quantize_activations16(x, m, in_, &act16);
-    int row0 = 0;
-    for (const QuantPart& p : parts_) {
-      if (row0 >= n_rows) break;
-      const int rows = std::min(p.rows, n_rows - row0);
-      gemv_quant16(p.type, p.blocks.data(), act16, has_bias() ? bias_.data() + row0 : nullptr,
-                   y + row0, n_rows, rows);
-      row0 += p.rows;
-    }
-    return;
-  }
-  // One activation quantization per weight type met (Q|K|V may mix types). The buffers are
-  // per thread and kept between calls, so a decode step does not allocate per projection;
-  // `filled` says which hold this call's x.
+  // kQuant: 16-bit activations, one format for every weight type that has 16-bit kernels, so
+  // one quantization per call; a part of another type (Q5_K, IQ4_XS, ...) takes its 8-bit
+  // kernel, as every part does under kQuantQ8 (8-bit activations per weight type: Q|K|V may
+  // mix types). The buffers are per thread and kept between calls, so a decode step does not
+  // allocate per projection; `filled` says which hold this call's x.
+  thread_local QuantActivations16 act16;
   thread_local QuantActivations acts[2];
-  bool filled[2] = {false, false};
+  bool filled16 = false, filled[2] = {false, false};
   int row0 = 0;
   for (const QuantPart& p : parts_) {
     if (row0 >= n_rows) break;
+    const int rows = std::min(p.rows, n_rows - row0);
+    const float* bias = has_bias() ? bias_.data() + row0 : nullptr;
+    if (type_ == WeightType::kQuant && quant_gemv16_supports(p.type)) {
+      if (!filled16) quantize_activations16(x, m, in_, &act16);
+      filled16 = true;
+      gemv_quant16(p.type, p.blocks.data(), act16, bias, y + row0, n_rows, rows);
+      row0 += p.rows;
+      continue;
+    }
     QuantActivations* a = nullptr;
     for (int i = 0; i < 2; ++i)
       if (filled[i] && acts[i].weight_type == p.type) a = &acts[i];
@@ -157,9 +154,7 @@ void Linear::forward_quant_gemv(const float* x, float* y, int m, int n_rows) con
       quantize_activations(p.type, x, m, in_, a);
       filled[i] = true;
     }
-    const int rows = std::min(p.rows, n_rows - row0);
-    gemv_quant(p.type, p.blocks.data(), *a, has_bias() ? bias_.data() + row0 : nullptr, y + row0,
-               n_rows, rows);
+    gemv_quant(p.type, p.blocks.data(), *a, bias, y + row0, n_rows, rows);
     row0 += p.rows;
   }
 }

@@ -30,11 +30,46 @@ void scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t* m) {
   }
 }
 
+void scales_q3_k(const uint8_t* q, int8_t out[16]) {
+  // ggml's unpacking: the low nibbles of bytes 0..7, then their high nibbles, with two bits of
+  // bytes 8..11 on top of each.
+  uint8_t s[16];
+  for (int j = 0; j < 8; ++j) {
+    s[j] = q[j] & 0xF;
+    s[j + 8] = q[j] >> 4;
+  }
+  for (int j = 0; j < 16; ++j)
+    out[j] = static_cast<int8_t>((s[j] | (((q[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32);
+}
+
+int scale_iq4_xs(const uint8_t* blk, int ib) {
+  const int h = blk[2] | (blk[3] << 8);
+  return (((blk[4 + ib / 2] >> (4 * (ib % 2))) & 0xF) | (((h >> (2 * ib)) & 3) << 4)) - 32;
+}
+
 }  // namespace quant
 
-bool quant_gemv_supports(DType t) {
-  return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ8_0 || t == DType::kQ4_K ||
-         t == DType::kQ6_K;
+bool quant_gemv_supports(DType t) { return quant_act_block(t) != 0; }
+
+int quant_act_block(DType t) {
+  switch (t) {
+    case DType::kQ4_0:
+    case DType::kQ4_1:
+    case DType::kQ8_0:
+    case DType::kQ5_0:
+    case DType::kQ5_1:
+    case DType::kIQ4_NL:
+      return 32;  // block_q8_0 / block_q8_1
+    case DType::kQ4_K:
+    case DType::kQ6_K:
+    case DType::kQ5_K:
+    case DType::kQ3_K:
+    case DType::kQ2_K:
+    case DType::kIQ4_XS:
+      return 256;  // block_q8_K
+    default:
+      return 0;
+  }
 }
 
 namespace {
@@ -104,8 +139,8 @@ void quantize_row_q8_k(const float* x, int in, int8_t* q, float* d, int16_t* bsu
 void quantize_activations(DType t, const float* x, int m, int in, QuantActivations* out) {
   HG_CHECK(quant_gemv_supports(t),
            std::string("quantize_activations: no native GEMV for ") + std::string(dtype_name(t)));
-  const bool k = t == DType::kQ4_K || t == DType::kQ6_K;
-  const int block = k ? 256 : 32;
+  const int block = quant_act_block(t);
+  const bool k = block == 256;
   HG_CHECK(m >= 1 && in > 0 && in % block == 0, "quantize_activations: " + std::to_string(in) +
                                                     " inputs is not a multiple of " +
                                                     std::to_string(block));

@@ -58,9 +58,37 @@ quant::RowsFn pick(const quant::Kernels& k, DType t) {
       return k.q4_k;
     case DType::kQ6_K:
       return k.q6_k;
+    case DType::kQ5_0:
+      return k.q5_0;
+    case DType::kQ5_1:
+      return k.q5_1;
+    case DType::kIQ4_NL:
+      return k.iq4_nl;
+    case DType::kQ5_K:
+      return k.q5_k;
+    case DType::kQ3_K:
+      return k.q3_k;
+    case DType::kQ2_K:
+      return k.q2_k;
+    case DType::kIQ4_XS:
+      return k.iq4_xs;
     default:
       return nullptr;
   }
+}
+
+// The kernel `path` runs for t, and the path it belongs to: a path without a kernel for t falls
+// to the next lower one (AVX-512 -> AVX2 where only AVX2 has it); avx512-vnni takes the plain
+// AVX-512 kernel where it has no VNNI one.
+quant::RowsFn resolve(QuantPath path, DType t, QuantPath* used) {
+  for (int p = static_cast<int>(path); p >= 0; --p) {
+    const QuantPath q = static_cast<QuantPath>(p);
+    if (quant::RowsFn fn = pick(kernels_of(q), t)) {
+      *used = q;
+      return fn;
+    }
+  }
+  return nullptr;
 }
 
 }  // namespace
@@ -97,6 +125,29 @@ std::vector<QuantPath> quant_paths_this_cpu_has() {
   return out;
 }
 
+std::string quant_gemv_describe(QuantPath path) {
+  // The native types in the order of docs/quantization.md's table.
+  static constexpr DType kTypes[] = {DType::kQ4_0, DType::kQ4_1, DType::kQ5_0,   DType::kQ5_1,
+                                     DType::kQ8_0, DType::kQ2_K, DType::kQ3_K,   DType::kQ4_K,
+                                     DType::kQ5_K, DType::kQ6_K, DType::kIQ4_NL, DType::kIQ4_XS};
+  std::string s = quant_path_name(path);
+  for (int p = static_cast<int>(path); p >= 0; --p) {
+    std::string types;
+    for (DType t : kTypes) {
+      QuantPath used;
+      if (!resolve(path, t, &used) || static_cast<int>(used) != p) continue;
+      if (!types.empty()) types += ' ';
+      types += dtype_name(t);
+    }
+    if (types.empty()) continue;
+    s += s.find('(') == std::string::npos ? " (" : "; ";
+    s += types;
+    if (p != static_cast<int>(path))
+      s += std::string(" at ") + quant_path_name(static_cast<QuantPath>(p));
+  }
+  return s + ")";
+}
+
 void gemv_quant_on(QuantPath path, DType t, const uint8_t* w, const QuantActivations& x,
                    const float* bias, float* y, int ldy, int rows) {
   HG_CHECK(static_cast<uint8_t>(path_level(path)) <= static_cast<uint8_t>(detected_isa()) &&
@@ -108,15 +159,8 @@ void gemv_quant_on(QuantPath path, DType t, const uint8_t* w, const QuantActivat
                                    std::string(dtype_name(t)));
   HG_CHECK(x.m >= 1 && x.m <= kGemvMaxRows,
            "gemv quant: m must be in [1, 4], got " + std::to_string(x.m));
-  // A path without a kernel for t falls to the next lower one (AVX-512 -> AVX2 for K-quants).
-  quant::RowsFn fn = nullptr;
-  for (int p = static_cast<int>(path); p >= 0 && !fn; --p) {
-    if (p == static_cast<int>(QuantPath::kAvx512) && path == QuantPath::kAvx512Vnni) {
-      fn = pick(kernels_of(QuantPath::kAvx512), t);
-      continue;
-    }
-    fn = pick(kernels_of(static_cast<QuantPath>(p)), t);
-  }
+  QuantPath used;
+  const quant::RowsFn fn = resolve(path, t, &used);
   HG_CHECK(fn, std::string("gemv quant: no kernel for ") + std::string(dtype_name(t)));
   const int64_t row_bytes = x.in / dtype_block_size(t) * dtype_block_bytes(t);
   const int chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;

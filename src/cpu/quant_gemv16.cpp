@@ -70,6 +70,11 @@ bool has_run(QuantPath p) {
 
 }  // namespace
 
+bool quant_gemv16_supports(DType t) {
+  return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ8_0 || t == DType::kQ4_K ||
+         t == DType::kQ6_K;
+}
+
 QuantPath quant_gemv16_path() {
   QuantPath p = quant_gemv_path();
   while (p != QuantPath::kPortable && !has_run(p))
@@ -84,7 +89,7 @@ void gemv_quant16_on(QuantPath path, DType t, const uint8_t* w, const QuantActiv
   HG_CHECK(std::find(has.begin(), has.end(), path) != has.end(),
            std::string("gemv quant16: this CPU cannot run the ") + quant_path_name(path) +
                " path (features: " + cpu_features() + ")");
-  HG_CHECK(quant_gemv_supports(t),
+  HG_CHECK(quant_gemv16_supports(t),
            std::string("gemv quant16: no kernel for ") + std::string(dtype_name(t)));
   HG_CHECK(x.m >= 1 && x.m <= kGemvMaxRows,
            "gemv quant16: m must be in [1, 4], got " + std::to_string(x.m));

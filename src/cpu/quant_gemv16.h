@@ -30,6 +30,10 @@ struct QuantActivations16 {
   std::vector<float> d;       // [m, in / 32]: amax / 32767 (0 for an all-zero block)
   std::vector<int32_t> isum;  // [m, in / 32]: sum of q per block (Q4_1's and Q4_K's mins)
 };
+// Whether `t` has 16-bit-activation kernels (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K). The other native
+// types (Q5_0, Q5_1, Q5_K, Q3_K, Q2_K, IQ4_NL, IQ4_XS) run their 8-bit kernels under
+// --weight-format native too (cpu::Linear; a load-time log line names them).
+bool quant_gemv16_supports(DType t);
 // x: [m, in] float32. PRECOND: in % 32 == 0 (checked).
 void quantize_activations16(const float* x, int m, int in, QuantActivations16* out);
 

@@ -2,8 +2,10 @@
 
 #include <cmath>
 #include <cstring>
+#include <set>
 
 #include "cpu/quant_gemv.h"
+#include "cpu/quant_gemv16.h"
 #include "util/check.h"
 #include "util/log.h"
 
@@ -138,6 +140,7 @@ ModelWeights load_weights(const ModelConfig& c, const TensorSource& src, Naming 
   // One projection from the tensors `names` of shapes [outs[i], in] (rows concatenated in
   // order): quantized as stored when asked for and every tensor has a native GEMV, else float
   // weights (bf16 in place of kQuant / kQuantQ8).
+  std::set<DType> logged_q8_types;  // native: types that run their 8-bit kernels, logged once
   auto linear = [&](int in, const std::vector<std::string>& names, const std::vector<int>& outs,
                     std::vector<std::vector<float>> biases) -> cpu::Linear {
     if (cpu::is_quant(type)) {
@@ -152,6 +155,11 @@ ModelWeights load_weights(const ModelConfig& c, const TensorSource& src, Naming 
           parts.clear();
           break;
         }
+        if (type == cpu::WeightType::kQuant && !cpu::quant_gemv16_supports(t->dtype) &&
+            logged_q8_types.insert(t->dtype).second)
+          log().info("{}: {} tensors (first: '{}') have no 16-bit-activation kernel: their "
+                     "native-q8 kernel runs them (activations rounded to 8 bits, as llama.cpp)",
+                     src.describe(), dtype_name(t->dtype), names[i]);
         parts.push_back({t->dtype, outs[i], std::vector<uint8_t>(t->data, t->data + t->nbytes)});
       }
       if (!parts.empty())

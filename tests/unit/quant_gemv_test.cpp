@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -31,8 +32,10 @@ struct Layout {
 };
 
 const Layout kLayouts[] = {
-    {DType::kQ4_0, {0}, 0, 0},     {DType::kQ4_1, {0, 2}, 0, 0},    {DType::kQ8_0, {0}, 0, 0},
-    {DType::kQ4_K, {0, 2}, 4, 16}, {DType::kQ6_K, {208}, 192, 208},
+    {DType::kQ4_0, {0}, 0, 0},      {DType::kQ4_1, {0, 2}, 0, 0},    {DType::kQ8_0, {0}, 0, 0},
+    {DType::kQ4_K, {0, 2}, 4, 16},  {DType::kQ6_K, {208}, 192, 208}, {DType::kQ5_0, {0}, 0, 0},
+    {DType::kQ5_1, {0, 2}, 0, 0},   {DType::kIQ4_NL, {0}, 0, 0},     {DType::kQ5_K, {0, 2}, 4, 16},
+    {DType::kQ3_K, {108}, 96, 108}, {DType::kQ2_K, {80, 82}, 0, 16}, {DType::kIQ4_XS, {0}, 2, 8},
 };
 
 void put_f16(uint8_t* p, float v) {
@@ -78,8 +81,8 @@ std::vector<uint8_t> random_blocks(const Layout& L, int rows, int in, std::mt199
       }
     }
     if (L.sc_hi > L.sc_lo && (kind == 5 || kind == 6)) {
-      // Largest sub-scales (0xFF: 63 / 63 for Q4_K; -1 for Q6_K, so also 0x7F / 0x80 below)
-      // or zero ones.
+      // Largest sub-scales (0xFF: 63 / 63 for Q4_K and Q5_K, 15 / 15 for Q2_K, +31 for Q3_K and
+      // IQ4_XS; -1 for Q6_K, so also 0x7F / 0x80 below) or zero ones (-32 for Q3_K and IQ4_XS).
       for (int i = L.sc_lo; i < L.sc_hi; ++i)
         blk[i] = kind == 6 ? 0 : L.t == DType::kQ6_K ? (i % 2 ? 0x80 : 0x7F) : 0xFF;
     }
@@ -107,7 +110,7 @@ void reference(const Layout& L, const std::vector<float>& W, const QuantActivati
                const std::vector<uint8_t>& blocks, std::vector<double>* y,
                std::vector<double>* mag) {
   const int in = xq.in, m = xq.m;
-  const int xblock = (L.t == DType::kQ4_K || L.t == DType::kQ6_K) ? 256 : 32;
+  const int xblock = quant_act_block(L.t);
   y->assign(size_t(m) * rows, 0.0);
   mag->assign(size_t(m) * rows, 0.0);
   for (int r = 0; r < m; ++r)
@@ -120,9 +123,10 @@ void reference(const Layout& L, const std::vector<float>& W, const QuantActivati
         s += t;
         a += std::fabs(t);
       }
-      if (L.t == DType::kQ4_1) {  // swap d_x * sum(q) for s in the m term
+      if (L.t == DType::kQ4_1 || L.t == DType::kQ5_1) {  // d_x * sum(q) -> s in the m term
+        const int bytes = static_cast<int>(dtype_block_bytes(L.t));
         for (int b = 0; b < in / 32; ++b) {
-          const uint8_t* blk = blocks.data() + (size_t(o) * (in / 32) + b) * 20;
+          const uint8_t* blk = blocks.data() + (size_t(o) * (in / 32) + b) * bytes;
           uint16_t h;
           std::memcpy(&h, blk + 2, 2);
           const double mw = f16_to_f32(h);
@@ -142,7 +146,7 @@ TEST(QuantGemv, EveryPathMatchesDoubleReference) {
   std::mt19937 rng(16);
   const std::vector<QuantPath> paths = quant_paths_this_cpu_has();
   for (const Layout& L : kLayouts) {
-    const bool k = L.t == DType::kQ4_K || L.t == DType::kQ6_K;
+    const bool k = quant_act_block(L.t) == 256;
     // 96 = 3 blocks of 32 (an odd block count: the AVX-512 tail); 512 = 2 K super-blocks.
     for (int in : k ? std::vector<int>{256, 512} : std::vector<int>{32, 96, 576}) {
       const int rows = 67;  // not a multiple of the 64-row chunk
@@ -234,10 +238,30 @@ TEST(QuantGemv, BadArgumentsAreNamed) {
   QuantActivations a;
   std::vector<float> x(40, 1.f);
   EXPECT_THROW(quantize_activations(DType::kQ4_1, x.data(), 1, 40, &a), Error);
-  EXPECT_THROW(quantize_activations(DType::kQ5_K, x.data(), 1, 32, &a), Error);
+  EXPECT_THROW(quantize_activations(DType::kQ5_K, x.data(), 1, 32, &a), Error);  // not 256
+  EXPECT_THROW(quantize_activations(DType::kF16, x.data(), 1, 32, &a), Error);
   quantize_activations(DType::kQ4_1, x.data(), 1, 32, &a);
   std::vector<uint8_t> w(20);
   float y[1];
   EXPECT_THROW(gemv_quant_on(QuantPath::kPortable, DType::kQ8_0, w.data(), a, nullptr, y, 1, 1),
                Error);
+}
+
+// -v's line: every native type named once per path, at a level that has its kernel.
+TEST(QuantGemv, DescribeNamesEveryTypeOnce) {
+  for (QuantPath p : quant_paths_this_cpu_has()) {
+    const std::string s = quant_gemv_describe(p);
+    std::printf("%s\n", s.c_str());
+    EXPECT_EQ(s.rfind(quant_path_name(p), 0), 0u) << s;
+    std::string words = s;  // the type names as words
+    for (char& c : words)
+      if (c == '(' || c == ')' || c == ';') c = ' ';
+    for (const Layout& L : kLayouts) {
+      const std::string name(dtype_name(L.t));
+      int n = 0;
+      std::istringstream in(words);
+      for (std::string w; in >> w;) n += w == name;
+      EXPECT_EQ(n, 1) << name << " in " << s;
+    }
+  }
 }
