@@ -94,9 +94,10 @@ bool native_is_auto_here() {
     bool auto_native;
   } kPolicy[] = {
       {cpu::QuantPath::kPortable, false, false},  // not measured
-      // AMD EPYC (AVX2, no AVX-512), 2 cores, loaded machine (load ~3), medians of 3, 128
-      // tokens: -t 2 native 14.28 ms/token vs bf16 23.39 (native-q8 15.48); -t 1 24.34 vs
-      // 37.26 (native-q8 27.09). Paris on cli_default_chat_detected / _avx2.
+      // AMD EPYC (AVX2, no AVX-512), 2 cores, scripts/bench-cpu-isa.sh, medians of 3, 128
+      // tokens, machine otherwise idle: -t 2 native 15.13 ms/token vs bf16 23.57 (native-q8
+      // 16.23, llama.cpp 15.93); -t 1 21.93 vs 39.43 (native-q8 24.61, llama.cpp 23.75).
+      // Paris on cli_default_chat_detected / _avx2 (docs/benchmarks.md).
       {cpu::QuantPath::kAvx2, true, true},
       // The 16-bit AVX-512 kernels have not run on an AVX-512 CPU yet (this host has none):
       // unmeasured, so auto stays bf16 there (native-q8 measured faster: docs/benchmarks.md).
