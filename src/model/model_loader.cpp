@@ -93,7 +93,10 @@ bool native_is_auto_here() {
     bool measured_faster;
     bool auto_native;
   } kPolicy[] = {
-      {cpu::QuantPath::kPortable, false, false},  // not measured
+      // HYBRIDGEN_CPU_ISA=portable on the AVX2 EPYC, -t 2, 32 tokens, 2 runs each, idle:
+      // native 61.02 / 58.85 ms/token vs bf16 27.74 / 23.41 (the scalar block kernels lose to
+      // the compiler-vectorized bf16 GEMV): slower, so bf16.
+      {cpu::QuantPath::kPortable, false, false},
       // AMD EPYC (AVX2, no AVX-512), 2 cores, scripts/bench-cpu-isa.sh, medians of 3, 128
       // tokens, machine otherwise idle: -t 2 native 15.13 ms/token vs bf16 23.57 (native-q8
       // 16.23, llama.cpp 15.93); -t 1 21.93 vs 39.43 (native-q8 24.61, llama.cpp 23.75).
