@@ -606,12 +606,12 @@ void CudaBackend::forward(const Batch& batch, kv::KvCacheManager& cache,
   CUDA_CHECK(cudaMemcpyAsync(d_tokens, host_ints_.data(), sizeof(int32_t) * host_ints_.size(),
                              cudaMemcpyHostToDevice, s));
 
-  float* x = x_.as<float>();      // [n, d]
-  float* h = h_.as<float>();      // [n, d]
-  float* qkv = qkv_.as<float>();  // [n, q | k | v]
-  float* att = att_.as<float>();  // [n, n_heads, head_dim]
-  float* ffn = ffn_.as<float>();  // [n, ffn_w]
-  float* act = act_.as<float>();  // [n, d_ff]
+  float* x = x_.as<float>();                            // [n, d]
+  float* h = h_.as<float>();                            // [n, d]
+  float* qkv = qkv_.as<float>();                        // [n, q | k | v]
+  float* att = att_.as<float>();                        // [n, n_heads, head_dim]
+  float* ffn = ffn_.as<float>();                        // [n, ffn_w]
+  float* act = act_.as<float>();                        // [n, d_ff]
   uint16_t* const* k_slots = k_slots_.as<uint16_t*>();  // bf16 KV cache (policy full)
   uint16_t* const* v_slots = v_slots_.as<uint16_t*>();
 

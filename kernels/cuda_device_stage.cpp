@@ -64,18 +64,18 @@ struct DeviceBuffer {
 // between: within a step the CPU stage of layer l runs before layer l's decode.
 struct EvictBatch {
   struct Entry {
-    uint16_t* k_dst;     // host store rows: KV head h at k_dst + h * stride
+    uint16_t* k_dst;  // host store rows: KV head h at k_dst + h * stride
     uint16_t* v_dst;
-    int64_t stride;      // elements between KV heads of the host stores
-    int n;               // tokens
-    size_t off;          // elements into dev / pinned: K [n_kv_heads, n, hd], then V likewise
+    int64_t stride;  // elements between KV heads of the host stores
+    int n;           // tokens
+    size_t off;      // elements into dev / pinned: K [n_kv_heads, n, hd], then V likewise
   };
-  DeviceBuffer dev;              // [queued entries] bf16, packed
-  uint16_t* pinned = nullptr;    // the same bytes, host side (cudaHostAlloc)
+  DeviceBuffer dev;            // [queued entries] bf16, packed
+  uint16_t* pinned = nullptr;  // the same bytes, host side (cudaHostAlloc)
   size_t pinned_bytes = 0;
   std::vector<Entry> entries;
-  size_t used = 0;               // elements queued in dev
-  bool in_flight = false;        // the D2H is queued; `done` marks its end
+  size_t used = 0;         // elements queued in dev
+  bool in_flight = false;  // the D2H is queued; `done` marks its end
   cudaEvent_t ready = nullptr, done = nullptr;
   uint64_t steps_shipped = 0, copies = 0, rows_published = 0;  // counters for the tests
 };

@@ -307,11 +307,10 @@ template <class T>
 __global__ void __launch_bounds__(kSplitThreads)
     attention_split_kernel(const float* __restrict__ q, int64_t q_stride, int n_heads,
                            int n_kv_heads, int group, int head_dim, const int32_t* __restrict__ seq,
-                           const int32_t* __restrict__ pos,
-                           const T* const* __restrict__ k_slots,
-                           const T* const* __restrict__ v_slots, int64_t layer_offset,
-                           int capacity, float scale, int window, int n_splits,
-                           float* __restrict__ work_o, float* __restrict__ work_ml) {
+                           const int32_t* __restrict__ pos, const T* const* __restrict__ k_slots,
+                           const T* const* __restrict__ v_slots, int64_t layer_offset, int capacity,
+                           float scale, int window, int n_splits, float* __restrict__ work_o,
+                           float* __restrict__ work_ml) {
   extern __shared__ float smem[];
   const int gmax = min(group, kSplitMaxG);
   float* q_s = smem;                          // [gmax, head_dim]
@@ -500,10 +499,9 @@ template <int HD, class T>
 __global__ void __launch_bounds__(kTileThreads, 2)
     attention_tiled_kernel(const float* __restrict__ q, int64_t q_stride, int n, int n_heads,
                            int group, const int32_t* __restrict__ seq,
-                           const int32_t* __restrict__ pos,
-                           const T* const* __restrict__ k_slots,
-                           const T* const* __restrict__ v_slots, int64_t layer_offset,
-                           int capacity, float scale, int window, float* __restrict__ out) {
+                           const int32_t* __restrict__ pos, const T* const* __restrict__ k_slots,
+                           const T* const* __restrict__ v_slots, int64_t layer_offset, int capacity,
+                           float scale, int window, float* __restrict__ out) {
   constexpr int BK = TileK<HD>::value;
   constexpr int NB = BK / 16;                           // score columns per thread
   constexpr int NC = HD / 16;                           // output dimensions per thread
@@ -1065,8 +1063,8 @@ void attention_alloc(const float* q, int64_t q_stride, int n, int n_heads, int n
   void* work = nullptr;
   if (bytes > 0) CUDA_CHECK(cudaMallocAsync(&work, bytes, stream));
   try {
-    attention_impl(q, q_stride, n, n_heads, n_kv_heads, head_dim, seq, pos, k_slots, v_slots,
-                   layer, capacity, scale, window, work, bytes, out, stream);
+    attention_impl(q, q_stride, n, n_heads, n_kv_heads, head_dim, seq, pos, k_slots, v_slots, layer,
+                   capacity, scale, window, work, bytes, out, stream);
   } catch (...) {
     if (work) (void)cudaFreeAsync(work, stream);
     throw;

@@ -182,7 +182,8 @@ std::string describe_dispatch() {
   s += std::string("  gemv quantized weights, native (activations int16 per 32, f32 scale): ") +
        quant_path_name(quant_gemv16_path()) +
        " (Q4_0 Q4_1 Q8_0 Q4_K Q6_K; the other types with their native-q8 kernels)\n";
-  s += std::string("  gemv quantized weights, native-q8 (activations Q8_0/Q8_1/Q8_K as llama.cpp): ") +
+  s += std::string(
+           "  gemv quantized weights, native-q8 (activations Q8_0/Q8_1/Q8_K as llama.cpp): ") +
        quant_gemv_describe(quant_gemv_path()) +
        "; prefill: row panels dequantized to f32 for oneDNN's f32 GEMM\n";
   s += std::string("  prefill GEMM:      oneDNN matmul (f32 weights); bf16 weights: ") +

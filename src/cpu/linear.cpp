@@ -36,9 +36,9 @@ constexpr int kPanelRows = 512;
 [[noreturn]] void fail_matmul(const dnnl::error& e, int m, int in, int out, WeightType type) {
   fail(std::string("CPU matmul [") + std::to_string(m) + " x " + std::to_string(in) + "] x [" +
        std::to_string(in) + " x " + std::to_string(out) + "] with " +
-       (type == WeightType::kBF16    ? "bf16"
-        : is_quant(type)             ? "quantized"
-                                     : "f32") +
+       (type == WeightType::kBF16 ? "bf16"
+        : is_quant(type)          ? "quantized"
+                                  : "f32") +
        " weights failed in oneDNN (" + e.what() + ", status " +
        std::to_string(static_cast<int>(e.status)) + ") on a CPU with " + cpu_features() +
        " (kernels at " + isa_name(active_isa()) + ")" +

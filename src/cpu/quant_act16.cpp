@@ -1,8 +1,8 @@
 // The 16-bit activation quantization of the quantized GEMV (cpu/quant_gemv16.h): per block of
 // 32, d = amax / 32767 in float32 and q = round-half-even(x * 32767 / amax), clamped to
 // +-32767 (never -32768: VPMADDWD's one overflow is (-32768)^2 * 2); below amax ~1e-34, where
-// 32767 / amax overflows float, d is the subnormal just above amax / 32767. Scalar but written so the
-// compiler vectorizes it (no libm call in the loops): a decode step quantizes a few thousand
+// 32767 / amax overflows float, d is the subnormal just above amax / 32767. Scalar but written so
+// the compiler vectorizes it (no libm call in the loops): a decode step quantizes a few thousand
 // values per projection, against megabytes of weight blocks streamed.
 #include <algorithm>
 #include <cmath>

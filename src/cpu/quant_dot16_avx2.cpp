@@ -87,8 +87,8 @@ HG_AVX2 void rows_b32(const uint8_t* w, int64_t rb, const QuantActivations16& x,
   }
 }
 
-HG_AVX2 void rows_q4_k(const uint8_t* w, int64_t rb, const QuantActivations16& x, float* y,
-                       int ldy, int o0, int o1) {
+HG_AVX2 void rows_q4_k(const uint8_t* w, int64_t rb, const QuantActivations16& x, float* y, int ldy,
+                       int o0, int o1) {
   const int nb = x.in / 256, nx = x.in / 32, m = x.m;
   const __m256i m4 = _mm256_set1_epi8(0x0F);
   for (int o = o0; o < o1; ++o) {
@@ -108,7 +108,7 @@ HG_AVX2 void rows_q4_k(const uint8_t* w, int64_t rb, const QuantActivations16& x
       for (int r = 0; r < m; ++r) mins[r] = 0.f;
       for (int j = 0; j < 4; ++j) {
         const __m256i qb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * j));
-        const __m256i lo = _mm256_and_si256(qb, m4);  // sub-block 2j
+        const __m256i lo = _mm256_and_si256(qb, m4);                        // sub-block 2j
         const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qb, 4), m4);  // 2j + 1
         const __m256i s0 = _mm256_set1_epi16(sc[2 * j]), s1 = _mm256_set1_epi16(sc[2 * j + 1]);
         const __m256i l0 = _mm256_mullo_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(lo)), s0);
@@ -121,8 +121,8 @@ HG_AVX2 void rows_q4_k(const uint8_t* w, int64_t rb, const QuantActivations16& x
           const int16_t* xr = x.q.data() + int64_t(r) * x.in + 256 * b + 64 * j;
           const int xb = r * nx + 8 * b + 2 * j;
           const float d0 = x.d[xb], d1 = x.d[xb + 1];
-          acc[r] =
-              _mm256_fmadd_ps(_mm256_set1_ps(wd * d0), _mm256_cvtepi32_ps(dot32(l0, l1, xr)), acc[r]);
+          acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wd * d0), _mm256_cvtepi32_ps(dot32(l0, l1, xr)),
+                                   acc[r]);
           acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(wd * d1),
                                    _mm256_cvtepi32_ps(dot32(h0, h1, xr + 32)), acc[r]);
           mins[r] += d0 * static_cast<float>(mn[2 * j] * x.isum[xb]) +
@@ -135,8 +135,8 @@ HG_AVX2 void rows_q4_k(const uint8_t* w, int64_t rb, const QuantActivations16& x
   }
 }
 
-HG_AVX2 void rows_q6_k(const uint8_t* w, int64_t rb, const QuantActivations16& x, float* y,
-                       int ldy, int o0, int o1) {
+HG_AVX2 void rows_q6_k(const uint8_t* w, int64_t rb, const QuantActivations16& x, float* y, int ldy,
+                       int o0, int o1) {
   const int nb = x.in / 256, nx = x.in / 32, m = x.m;
   const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3), k32 = _mm256_set1_epi8(32);
   for (int o = o0; o < o1; ++o) {
@@ -167,9 +167,8 @@ HG_AVX2 void rows_q6_k(const uint8_t* w, int64_t rb, const QuantActivations16& x
         for (int k = 0; k < 4; ++k) {
           const __m256i qs = _mm256_sub_epi8(q[k], k32);
           // Elements 0..15 of the quarter have scale sc[2k], 16..31 sc[2k + 1].
-          const __m256i w0 =
-              _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(qs)),
-                                 _mm256_set1_epi16(sc[8 * n + 2 * k]));
+          const __m256i w0 = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(qs)),
+                                                _mm256_set1_epi16(sc[8 * n + 2 * k]));
           const __m256i w1 =
               _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(qs, 1)),
                                  _mm256_set1_epi16(sc[8 * n + 2 * k + 1]));
@@ -182,8 +181,7 @@ HG_AVX2 void rows_q6_k(const uint8_t* w, int64_t rb, const QuantActivations16& x
         }
       }
     }
-    for (int r = 0; r < m; ++r)
-      y[int64_t(r) * ldy + o] = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
+    for (int r = 0; r < m; ++r) y[int64_t(r) * ldy + o] = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
   }
 }
 

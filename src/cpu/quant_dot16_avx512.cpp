@@ -66,8 +66,8 @@ __attribute__((target(HG_AVX512_BASE))) inline __m512i load_w16(const uint8_t* b
         for (int r = 0; r < m; ++r) {                                                              \
           const __m512i xv = _mm512_loadu_si512(x.q.data() + int64_t(r) * x.in + 32 * b);          \
           const float xd = x.d[r * nb + b];                                                        \
-          acc[r][b & 1] = _mm512_fmadd_ps(_mm512_set1_ps(wd * xd), _mm512_cvtepi32_ps(DOT(wv, xv)), \
-                                          acc[r][b & 1]);                                          \
+          acc[r][b & 1] = _mm512_fmadd_ps(_mm512_set1_ps(wd * xd),                                 \
+                                          _mm512_cvtepi32_ps(DOT(wv, xv)), acc[r][b & 1]);         \
           if constexpr (F == kQ4_1)                                                                \
             acc_m[r] += f16h(blk + 2) * xd * static_cast<float>(x.isum[r * nb + b]);               \
         }                                                                                          \
@@ -101,27 +101,28 @@ __attribute__((target(HG_AVX512_BASE))) inline __m512i load_w16(const uint8_t* b
         for (int j = 0; j < 4; ++j) {                                                              \
           const __m256i qb =                                                                       \
               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * j));             \
-          const __m512i lo = _mm512_mullo_epi16(                                                   \
-              _mm512_cvtepu8_epi16(_mm256_and_si256(qb, m4)), _mm512_set1_epi16(sc[2 * j]));       \
-          const __m512i hi =                                                                       \
-              _mm512_mullo_epi16(_mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(qb, 4), m4)), \
-                                 _mm512_set1_epi16(sc[2 * j + 1]));                                \
+          const __m512i lo = _mm512_mullo_epi16(_mm512_cvtepu8_epi16(_mm256_and_si256(qb, m4)),    \
+                                                _mm512_set1_epi16(sc[2 * j]));                     \
+          const __m512i hi = _mm512_mullo_epi16(                                                   \
+              _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(qb, 4), m4)),                \
+              _mm512_set1_epi16(sc[2 * j + 1]));                                                   \
           for (int r = 0; r < m; ++r) {                                                            \
             const int16_t* xr = x.q.data() + int64_t(r) * x.in + 256 * b + 64 * j;                 \
             const int xb = r * nx + 8 * b + 2 * j;                                                 \
             const float d0 = x.d[xb], d1 = x.d[xb + 1];                                            \
             acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(wd * d0),                                      \
                                      _mm512_cvtepi32_ps(DOT(lo, _mm512_loadu_si512(xr))), acc[r]); \
-            acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(wd * d1),                                      \
-                                     _mm512_cvtepi32_ps(DOT(hi, _mm512_loadu_si512(xr + 32))),     \
-                                     acc[r]);                                                      \
+            acc[r] =                                                                               \
+                _mm512_fmadd_ps(_mm512_set1_ps(wd * d1),                                           \
+                                _mm512_cvtepi32_ps(DOT(hi, _mm512_loadu_si512(xr + 32))), acc[r]); \
             mins[r] += d0 * static_cast<float>(mn[2 * j] * x.isum[xb]) +                           \
                        d1 * static_cast<float>(mn[2 * j + 1] * x.isum[xb + 1]);                    \
           }                                                                                        \
         }                                                                                          \
         for (int r = 0; r < m; ++r) acc_m[r] += wmin * mins[r];                                    \
       }                                                                                            \
-      for (int r = 0; r < m; ++r) y[int64_t(r) * ldy + o] = _mm512_reduce_add_ps(acc[r]) - acc_m[r]; \
+      for (int r = 0; r < m; ++r)                                                                  \
+        y[int64_t(r) * ldy + o] = _mm512_reduce_add_ps(acc[r]) - acc_m[r];                         \
     }                                                                                              \
   }                                                                                                \
                                                                                                    \
@@ -159,22 +160,22 @@ __attribute__((target(HG_AVX512_BASE))) inline __m512i load_w16(const uint8_t* b
               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4));               \
           for (int k = 0; k < 4; ++k) {                                                            \
             /* elements 0..15 of the quarter have scale sc[2k], 16..31 sc[2k + 1] */               \
-            const __m512i s = _mm512_inserti64x4(                                                  \
-                _mm512_set1_epi16(sc[8 * n + 2 * k]), _mm256_set1_epi16(sc[8 * n + 2 * k + 1]), 1); \
+            const __m512i s = _mm512_inserti64x4(_mm512_set1_epi16(sc[8 * n + 2 * k]),             \
+                                                 _mm256_set1_epi16(sc[8 * n + 2 * k + 1]), 1);     \
             const __m512i wv =                                                                     \
                 _mm512_mullo_epi16(_mm512_cvtepi8_epi16(_mm256_sub_epi8(q[k], k32)), s);           \
             for (int r = 0; r < m; ++r) {                                                          \
               const int16_t* xr = x.q.data() + int64_t(r) * x.in + 256 * b + 128 * n + 32 * k;     \
               const float xd = x.d[r * nx + 8 * b + 4 * n + k];                                    \
-              acc[r][k & 1] =                                                                      \
-                  _mm512_fmadd_ps(_mm512_set1_ps(wd * xd),                                         \
-                                  _mm512_cvtepi32_ps(DOT(wv, _mm512_loadu_si512(xr))), acc[r][k & 1]); \
+              acc[r][k & 1] = _mm512_fmadd_ps(_mm512_set1_ps(wd * xd),                             \
+                                              _mm512_cvtepi32_ps(DOT(wv, _mm512_loadu_si512(xr))), \
+                                              acc[r][k & 1]);                                      \
             }                                                                                      \
           }                                                                                        \
         }                                                                                          \
       }                                                                                            \
       for (int r = 0; r < m; ++r)                                                                  \
-        y[int64_t(r) * ldy + o] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));      \
+        y[int64_t(r) * ldy + o] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));       \
     }                                                                                              \
   }
 

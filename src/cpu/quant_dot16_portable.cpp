@@ -33,8 +33,8 @@ float row_q4_1(const uint8_t* blk, int nb, const int16_t* xq, const float* xd,
     const uint8_t* qs = blk + 4;
     int32_t sumi = 0;
     for (int j = 0; j < 16; ++j) sumi += (qs[j] & 0xF) * xq[j] + (qs[j] >> 4) * xq[j + 16];
-    acc += xd[b] * (f16(blk) * static_cast<float>(sumi) +
-                    f16(blk + 2) * static_cast<float>(xsum[b]));
+    acc +=
+        xd[b] * (f16(blk) * static_cast<float>(sumi) + f16(blk + 2) * static_cast<float>(xsum[b]));
   }
   return acc;
 }
@@ -66,10 +66,10 @@ float row_q4_k(const uint8_t* blk, int nb, const int16_t* xq, const float* xd,
         s0 += (q[l] & 0xF) * xq[64 * j + l];
         s1 += (q[l] >> 4) * xq[64 * j + 32 + l];
       }
-      acc += xd[2 * j] * (d * sc0 * static_cast<float>(s0) -
-                          dmin * m0 * static_cast<float>(xsum[2 * j]));
-      acc += xd[2 * j + 1] * (d * sc1 * static_cast<float>(s1) -
-                              dmin * m1 * static_cast<float>(xsum[2 * j + 1]));
+      acc += xd[2 * j] *
+             (d * sc0 * static_cast<float>(s0) - dmin * m0 * static_cast<float>(xsum[2 * j]));
+      acc += xd[2 * j + 1] *
+             (d * sc1 * static_cast<float>(s1) - dmin * m1 * static_cast<float>(xsum[2 * j + 1]));
     }
   }
   return acc;

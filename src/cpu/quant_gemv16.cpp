@@ -79,7 +79,7 @@ QuantPath quant_gemv16_path() {
   QuantPath p = quant_gemv_path();
   while (p != QuantPath::kPortable && !has_run(p))
     p = p == QuantPath::kAvx512Vnni ? QuantPath::kAvx512
-                                   : static_cast<QuantPath>(static_cast<int>(p) - 1);
+                                    : static_cast<QuantPath>(static_cast<int>(p) - 1);
   return p;
 }
 

@@ -48,8 +48,8 @@ void gemv_quant16_on(QuantPath path, DType t, const uint8_t* w, const QuantActiv
 // (the table in quant_gemv16.cpp). Kernels not yet run are still tested, through
 // gemv_quant16_on, on every CPU that has their path.
 QuantPath quant_gemv16_path();
-inline void gemv_quant16(DType t, const uint8_t* w, const QuantActivations16& x,
-                         const float* bias, float* y, int ldy, int rows) {
+inline void gemv_quant16(DType t, const uint8_t* w, const QuantActivations16& x, const float* bias,
+                         float* y, int ldy, int rows) {
   gemv_quant16_on(quant_gemv16_path(), t, w, x, bias, y, ldy, rows);
 }
 

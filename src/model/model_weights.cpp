@@ -157,9 +157,10 @@ ModelWeights load_weights(const ModelConfig& c, const TensorSource& src, Naming 
         }
         if (type == cpu::WeightType::kQuant && !cpu::quant_gemv16_supports(t->dtype) &&
             logged_q8_types.insert(t->dtype).second)
-          log().info("{}: {} tensors (first: '{}') have no 16-bit-activation kernel: their "
-                     "native-q8 kernel runs them (activations rounded to 8 bits, as llama.cpp)",
-                     src.describe(), dtype_name(t->dtype), names[i]);
+          log().info(
+              "{}: {} tensors (first: '{}') have no 16-bit-activation kernel: their "
+              "native-q8 kernel runs them (activations rounded to 8 bits, as llama.cpp)",
+              src.describe(), dtype_name(t->dtype), names[i]);
         parts.push_back({t->dtype, outs[i], std::vector<uint8_t>(t->data, t->data + t->nbytes)});
       }
       if (!parts.empty())

@@ -104,9 +104,9 @@ std::unique_ptr<Engine> Engine::load(const LoadOptions& o) {
   std::unique_ptr<Engine> e(new Engine());
   Impl& im = *e->impl_;
   const auto t0 = std::chrono::steady_clock::now();
-  WeightChoice choice = o.weight_format == WeightFormat::kF32      ? WeightChoice::kF32
-                        : o.weight_format == WeightFormat::kBF16   ? WeightChoice::kBF16
-                        : o.weight_format == WeightFormat::kNative ? WeightChoice::kNative
+  WeightChoice choice = o.weight_format == WeightFormat::kF32        ? WeightChoice::kF32
+                        : o.weight_format == WeightFormat::kBF16     ? WeightChoice::kBF16
+                        : o.weight_format == WeightFormat::kNative   ? WeightChoice::kNative
                         : o.weight_format == WeightFormat::kNativeQ8 ? WeightChoice::kNativeQ8
                                                                      : WeightChoice::kAuto;
   // The CUDA backend uploads float weights only (quantized ones: docs/quantization.md).

@@ -576,8 +576,8 @@ TEST(NativeModel, Int16ActivationsMatchF32Weights) {
       "[ native (int16 activations) vs f32 (ours), path %s ] %zu positions: top-1 identical at "
       "%d, |logit difference| on llama.cpp's top-20: mean %.3g, max %.3g; over the whole "
       "vocabulary max %.3g\n",
-      cpu::quant_path_name(cpu::quant_gemv_path()), tokens.size(), top1, sum_top20 / n,
-      max_top20, max_all);
+      cpu::quant_path_name(cpu::quant_gemv_path()), tokens.size(), top1, sum_top20 / n, max_top20,
+      max_all);
   EXPECT_GE(top1, kMinTop1Native16);
   EXPECT_LE(sum_top20 / n, kMaxMeanNative16);
   EXPECT_LE(max_top20, kMaxDiffNative16);

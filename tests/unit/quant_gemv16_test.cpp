@@ -200,11 +200,11 @@ TEST(QuantGemv16, EveryPathEveryTypeMatchesDoubleReference) {
               const size_t i = size_t(r) * rows + o;
               const double got = y[size_t(r) * ldy + o] - double(bias[o]);
               if (!(std::fabs(got - R.exact_q[i]) <= R.slack[i]) && ++bad <= 3)
-                ADD_FAILURE() << "y[" << r << "," << o << "] = " << got << ", W x̂ "
-                              << R.exact_q[i] << " (slack " << R.slack[i] << ")";
+                ADD_FAILURE() << "y[" << r << "," << o << "] = " << got << ", W x̂ " << R.exact_q[i]
+                              << " (slack " << R.slack[i] << ")";
               if (!(std::fabs(got - R.exact_x[i]) <= R.round[i] + R.slack[i]) && ++bad <= 3)
-                ADD_FAILURE() << "y[" << r << "," << o << "] = " << got << ", W x "
-                              << R.exact_x[i] << " (bound " << R.round[i] + R.slack[i] << ")";
+                ADD_FAILURE() << "y[" << r << "," << o << "] = " << got << ", W x " << R.exact_x[i]
+                              << " (bound " << R.round[i] + R.slack[i] << ")";
             }
             for (int o = rows; o < ldy; ++o)  // columns past `rows` untouched
               EXPECT_EQ(y[size_t(r) * ldy + o], -777.f);

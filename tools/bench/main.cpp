@@ -249,11 +249,11 @@ int main(int argc, char** argv) {
     check_writable("--csv", csv_path);
     check_writable("--trace", trace_path);
 
-    load.weight_format = weight_format == "f32"      ? WeightFormat::kF32
-                         : weight_format == "bf16"   ? WeightFormat::kBF16
-                         : weight_format == "native" ? WeightFormat::kNative
+    load.weight_format = weight_format == "f32"         ? WeightFormat::kF32
+                         : weight_format == "bf16"      ? WeightFormat::kBF16
+                         : weight_format == "native"    ? WeightFormat::kNative
                          : weight_format == "native-q8" ? WeightFormat::kNativeQ8
-                                                     : WeightFormat::kAuto;
+                                                        : WeightFormat::kAuto;
     load.device = spec.device;
     load.attention.k_min = spec.k_min;
     tools::apply_attention_flags(load.attention, attention_extras);

@@ -77,11 +77,11 @@ std::unique_ptr<hybridgen::Engine> load_reference(Options& o) {
     throw Error(o.load.model_path +
                 ": the default model is not downloaded yet; run models/fetch-default-model.sh "
                 "or pass -m");
-  o.load.weight_format = o.weight_format == "f32"      ? hybridgen::WeightFormat::kF32
-                         : o.weight_format == "bf16"   ? hybridgen::WeightFormat::kBF16
-                         : o.weight_format == "native" ? hybridgen::WeightFormat::kNative
+  o.load.weight_format = o.weight_format == "f32"         ? hybridgen::WeightFormat::kF32
+                         : o.weight_format == "bf16"      ? hybridgen::WeightFormat::kBF16
+                         : o.weight_format == "native"    ? hybridgen::WeightFormat::kNative
                          : o.weight_format == "native-q8" ? hybridgen::WeightFormat::kNativeQ8
-                                                       : hybridgen::WeightFormat::kAuto;
+                                                          : hybridgen::WeightFormat::kAuto;
   o.load.attention.speculative = !o.exact_query;
   hybridgen::LoadOptions ref = o.load;
   ref.attention.policy = "full";
@@ -663,7 +663,7 @@ void add_common(CLI::App* app, Options& o) {
       ->capture_default_str();
   app->add_option("--weight-format", o.weight_format,
                   "weights for the CPU GEMMs: auto, f32, bf16, native (GGUF blocks as stored, "
-                 "16-bit activations), native-q8 (the same blocks, llama.cpp's 8-bit activations)")
+                  "16-bit activations), native-q8 (the same blocks, llama.cpp's 8-bit activations)")
       ->check(CLI::IsMember({"auto", "f32", "bf16", "native", "native-q8"}))
       ->capture_default_str();
   app->add_option("--policy", o.policies,

@@ -97,11 +97,11 @@ int main(int argc, char** argv) {
   try {
     if (verbose) hybridgen::set_log_level("info");
     if (!log_level.empty()) hybridgen::set_log_level(log_level);
-    load.weight_format = weight_format == "f32"      ? hybridgen::WeightFormat::kF32
-                         : weight_format == "bf16"   ? hybridgen::WeightFormat::kBF16
-                         : weight_format == "native" ? hybridgen::WeightFormat::kNative
+    load.weight_format = weight_format == "f32"         ? hybridgen::WeightFormat::kF32
+                         : weight_format == "bf16"      ? hybridgen::WeightFormat::kBF16
+                         : weight_format == "native"    ? hybridgen::WeightFormat::kNative
                          : weight_format == "native-q8" ? hybridgen::WeightFormat::kNativeQ8
-                                                     : hybridgen::WeightFormat::kAuto;
+                                                        : hybridgen::WeightFormat::kAuto;
     load.max_sequences = batch;
     hybridgen::tools::apply_attention_flags(load.attention, attention_extras);
     if (!prompt_file.empty()) {

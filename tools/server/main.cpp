@@ -237,11 +237,11 @@ int main(int argc, char** argv) {
     if (verbose) set_log_level("info");
     if (!log_level.empty()) set_log_level(log_level);
     tools::apply_attention_flags(load.attention, attention_extras);
-    load.weight_format = weight_format == "f32"      ? WeightFormat::kF32
-                         : weight_format == "bf16"   ? WeightFormat::kBF16
-                         : weight_format == "native" ? WeightFormat::kNative
+    load.weight_format = weight_format == "f32"         ? WeightFormat::kF32
+                         : weight_format == "bf16"      ? WeightFormat::kBF16
+                         : weight_format == "native"    ? WeightFormat::kNative
                          : weight_format == "native-q8" ? WeightFormat::kNativeQ8
-                                                     : WeightFormat::kAuto;
+                                                        : WeightFormat::kAuto;
     load.max_sequences = bopt.parallel;
     if (!api_key_file.empty()) api_key = read_key_file(api_key_file);
     cfg.api_key = api_key;
