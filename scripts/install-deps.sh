@@ -12,7 +12,8 @@ pkgs=(cmake ninja-build g++ pkg-config ca-certificates
       libgtest-dev googletest libbenchmark-dev nlohmann-json3-dev libpcre2-dev
       libcpp-httplib-dev  # hybridgen-server: HTTP (compiled library + header, pkg-config)
       python3
-      clang libclang-rt-14-dev libomp-dev llvm)  # clang + runtimes: the libFuzzer harnesses
+      ccache)  # scripts/build.sh compiles through it when present (rebuilds, other checkouts)
+# (The libFuzzer harnesses' clang, runtimes and libomp are CI's own tools: .ci/run installs them.)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
