@@ -258,8 +258,9 @@ class CudaBackend final : public Backend {
 };
 
 uint64_t weight_bytes_of(const ModelWeights& w) {
-  uint64_t b = 4 * (w.token_embedding.size() + w.position_embedding.size() + w.final_norm.size() +
-                    w.final_norm_b.size()) +
+  // The device holds the token embedding as float32 whatever the host holds.
+  uint64_t b = 4 * (uint64_t(w.token_embedding.rows()) * w.token_embedding.cols() +
+                    w.position_embedding.size() + w.final_norm.size() + w.final_norm_b.size()) +
                linear_bytes(w.lm_head);
   for (const LayerWeights& L : w.layers)
     b += 4 * (L.attn_norm.size() + L.attn_norm_b.size() + L.ffn_norm.size() + L.ffn_norm_b.size()) +
@@ -354,9 +355,9 @@ CudaBackend::CudaBackend(const ModelConfig& c, const ModelWeights& w, int n_ctx,
   blas_.h = cuda::blas_create(stream_.s);
 
   // Weights.
-  HG_CHECK(w.token_embedding.size() == size_t(c.vocab_size) * d,
+  HG_CHECK(w.token_embedding.rows() == c.vocab_size && w.token_embedding.cols() == d,
            "CUDA backend: token embedding has the wrong size");
-  token_embedding_ = upload_f32(w.token_embedding, "the token embedding");
+  token_embedding_ = upload_f32(w.token_embedding.to_f32(), "the token embedding");
   if (c.learned_positions) {
     HG_CHECK(w.position_embedding.size() >= size_t(c.max_positions + c.position_offset) * d,
              "CUDA backend: position embedding has the wrong size");

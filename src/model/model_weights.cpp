@@ -12,8 +12,8 @@
 namespace hybridgen {
 
 uint64_t ModelWeights::bytes() const {
-  uint64_t b = (token_embedding.size() + position_embedding.size() + final_norm.size() +
-                final_norm_b.size()) *
+  uint64_t b = token_embedding.bytes() +
+               (position_embedding.size() + final_norm.size() + final_norm_b.size()) *
                    sizeof(float) +
                lm_head.weight_bytes();
   for (const LayerWeights& l : layers)
@@ -24,7 +24,7 @@ uint64_t ModelWeights::bytes() const {
 }
 
 uint64_t ModelWeights::decode_step_bytes() const {
-  return bytes() - (token_embedding.size() + position_embedding.size()) * sizeof(float);
+  return bytes() - token_embedding.bytes() - position_embedding.size() * sizeof(float);
 }
 
 std::string ModelWeights::format_name() const {
@@ -177,7 +177,14 @@ ModelWeights load_weights(const ModelConfig& c, const TensorSource& src, Naming 
     return has ? src.load(name, {n}) : std::vector<float>{};
   };
 
-  w.token_embedding = src.load(embed_name, {vocab, d});
+  // The embedding as stored when it is block-quantized (a row is dequantized when looked up,
+  // bit-exactly as load() would), whatever the projections' format.
+  if (const TensorInfo* t = src.quantized(embed_name, {vocab, d}))
+    w.token_embedding = EmbeddingTable::from_blocks(
+        t->dtype, vocab, d, std::vector<uint8_t>(t->data, t->data + t->nbytes),
+        src.describe() + ": tensor '" + embed_name + "'");
+  else
+    w.token_embedding = EmbeddingTable::from_f32(vocab, d, src.load(embed_name, {vocab, d}));
   if (c.learned_positions)
     w.position_embedding = src.load(opt_prefix + "embed_positions.weight",
                                     {int64_t(c.max_positions) + c.position_offset, d});
@@ -189,7 +196,7 @@ ModelWeights load_weights(const ModelConfig& c, const TensorSource& src, Naming 
   else if (cpu::is_quant(type) && src.quantized(embed_name, {vocab, d}))
     w.lm_head = linear(c.d_model, {embed_name}, {c.vocab_size}, std::vector<std::vector<float>>(1));
   else
-    w.lm_head = cpu::Linear(c.vocab_size, c.d_model, w.token_embedding, {},
+    w.lm_head = cpu::Linear(c.vocab_size, c.d_model, w.token_embedding.to_f32(), {},
                             cpu::is_quant(type) ? cpu::WeightType::kBF16 : type);
 
   w.layers.resize(c.n_layers);
@@ -247,14 +254,15 @@ ModelWeights random_weights(const ModelConfig& c, uint64_t seed, cpu::WeightType
   auto rnd = [&](int64_t n, float std = 0.02f) { return random_tensor(n, seed, ++stream, std); };
   auto ones = [&](int64_t n) { return std::vector<float>(n, 1.f); };
   ModelWeights w;
-  w.token_embedding = rnd(int64_t(c.vocab_size) * d);
+  w.token_embedding = EmbeddingTable::from_f32(c.vocab_size, d, rnd(int64_t(c.vocab_size) * d));
   if (c.learned_positions)
     w.position_embedding = rnd((int64_t(c.max_positions) + c.position_offset) * d);
   w.final_norm = ones(d);
   if (c.layer_norm) w.final_norm_b = rnd(d);
   w.lm_head =
       cpu::Linear(c.vocab_size, c.d_model,
-                  c.tied_embeddings ? w.token_embedding : rnd(int64_t(c.vocab_size) * d), {}, type);
+                  c.tied_embeddings ? w.token_embedding.to_f32() : rnd(int64_t(c.vocab_size) * d),
+                  {}, type);
   w.layers.resize(c.n_layers);
   for (LayerWeights& l : w.layers) {
     l.attn_norm = ones(d);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cpu/linear.h"
+#include "model/embedding_table.h"
 #include "model/model_config.h"
 
 namespace hybridgen {
@@ -22,7 +23,7 @@ struct LayerWeights {
 };
 
 struct ModelWeights {
-  std::vector<float> token_embedding;           // [vocab, d_model]
+  EmbeddingTable token_embedding;               // [vocab, d_model], as stored when block-quantized
   std::vector<float> position_embedding;        // [max_positions + position_offset, d_model] (OPT)
   std::vector<float> final_norm, final_norm_b;  // [d_model]
   cpu::Linear lm_head;                          // [vocab, d_model] (a copy when tied)

@@ -69,7 +69,7 @@ void Transformer::forward(const Batch& batch, kv::KvCacheManager& cache,
   std::vector<float> ffn(size_t(n) * ffn_w);   // [n, 2 d_ff] (gate | up) or [n, d_ff]
   std::vector<float> act(size_t(n) * c.d_ff);  // [n, d_ff]
 
-  cpu::embedding(weights_.token_embedding.data(), batch.tokens.data(), n, d, x.data());
+  weights_.token_embedding.lookup(batch.tokens.data(), n, x.data());
   if (c.learned_positions) {
     for (int t = 0; t < n; ++t) {
       const int64_t p = int64_t(pos[t]) + c.position_offset;
