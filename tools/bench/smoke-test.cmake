@@ -106,7 +106,7 @@ elseif(MODE STREQUAL "shared")
   if(NOT rc EQUAL 0)
     message(FATAL_ERROR "hybridgen-bench exited ${rc}:\n${out}\n${err}")
   endif()
-  string(REGEX MATCHALL "\n\\| [a-z]+ \\| 24 \\| 2 \\|[^\n]*shared #[01] \\|" rows "${out}")
+  string(REGEX MATCHALL "\n\\| [a-z0-9]+ \\| 24 \\| 2 \\|[^\n]*shared #[01] \\|" rows "${out}")
   list(LENGTH rows n_rows)
   if(NOT n_rows EQUAL 5 OR NOT out MATCHES "shared prefill #0: p=24 b=2 c=28, policy hybrid "
      OR NOT out MATCHES "shared prefill #1: p=24 b=2 c=28, policy aog ")
@@ -125,7 +125,7 @@ elseif(MODE STREQUAL "shared")
   string(JSON restore GET "${text}" results 2 reps 1 restore_s)
   # 3 configurations x (1 warm-up + 2 timed runs)
   if(NOT n_shared EQUAL 2 OR NOT configs0 EQUAL 3 OR NOT runs0 EQUAL 9 OR NOT configs1 EQUAL 2
-     OR prefill_s LESS_EQUAL 0 OR NOT full_shared STREQUAL "null" OR NOT which EQUAL 1
+     OR prefill_s LESS_EQUAL 0 OR NOT (full_shared STREQUAL "" OR full_shared STREQUAL "null") OR NOT which EQUAL 1
      OR NOT steps EQUAL 3 OR restore LESS_EQUAL 0)
     message(FATAL_ERROR "${json}: unexpected shared prefill (${n_shared} shared, ${configs0} + "
                         "${configs1} configurations, ${runs0} runs, prefill ${prefill_s} s, "
