@@ -54,6 +54,9 @@ struct PrefillSnapshotOptions {
   // prefill: one more pass over each token's attention logits (policy full on the CPU). Needed
   // by h2o, keyformer and hybrid's heavy-hitter / Keyformer predictors.
   bool attention_stats = true;
+  // Of those, Keyformer's too (a Gumbel noise sample per attended position: the costlier part).
+  // Needed by keyformer and hybrid --predictor keyformer only.
+  bool keyformer_stats = true;
 };
 
 }  // namespace hybridgen

@@ -491,7 +491,7 @@ PrefillSnapshot Engine::prefill_snapshot(const std::vector<std::vector<int32_t>>
       };
     cap = std::make_unique<runtime::PromptStatsAttention>(
         *im.cache, runtime::dims_of(*tf), im.hybrid.get(), keys_of, options.attention_stats,
-        s.keyformer_tau_init, s.keyformer_tau_delta);
+        options.keyformer_stats, s.keyformer_tau_init, s.keyformer_tau_delta);
     tf->set_attention_runner(cap.get());
   }
   std::vector<int> seqs;
@@ -531,13 +531,14 @@ PrefillSnapshot Engine::prefill_snapshot(const std::vector<std::vector<int32_t>>
         }
       }
       if (cap && options.attention_stats) {
+        const int kinds = options.keyformer_stats ? 2 : 1;
         q.h2o.assign(c.n_layers, {});
-        q.keyformer.assign(c.n_layers, {});
+        if (kinds == 2) q.keyformer.assign(c.n_layers, {});  // else: the runtime's own, if any
         for (int l = 0; l < c.n_layers; ++l) {
           const kv::HeavyHitterAccumulator* acc[2] = {cap->h2o(seqs[i], l),
                                                       cap->keyformer(seqs[i], l)};
-          std::vector<float>* dst[2] = {&q.h2o[l], &q.keyformer[l]};
-          for (int a = 0; a < 2; ++a) {
+          std::vector<float>* dst[2] = {&q.h2o[l], kinds == 2 ? &q.keyformer[l] : nullptr};
+          for (int a = 0; a < kinds; ++a) {
             HG_CHECK(acc[a], "prefill snapshot: no statistics of layer " + std::to_string(l));
             dst[a]->assign(size_t(nkv) * len, 0.f);
             for (int h = 0; h < nkv; ++h)

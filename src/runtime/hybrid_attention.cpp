@@ -815,9 +815,9 @@ std::string HybridRuntime::restore_problem(const PrefillSnapshot& s, int index) 
   if (int(st.size()) != n_layers_)
     return "prefill snapshot: policy " + std::string(policy_name(cfg_.policy)) +
            " starts decoding from the prompt's " + kind +
-           " scores, which this snapshot does not hold (take it with attention statistics, "
-           "PrefillSnapshotOptions::attention_stats, from policy full or " +
-           kind + ")";
+           " scores, which this snapshot does not hold (take it with attention statistics: "
+           "PrefillSnapshotOptions::attention_stats" +
+           (kind == "keyformer" ? std::string(" and keyformer_stats") : std::string()) + ")";
   if (kind == "keyformer" && (s.keyformer_tau_init != cfg_.keyformer_tau_init ||
                               s.keyformer_tau_delta != cfg_.keyformer_tau_delta))
     return "prefill snapshot: its Keyformer scores were accumulated with tau_init " +

@@ -10,13 +10,15 @@ namespace hybridgen::runtime {
 
 PromptStatsAttention::PromptStatsAttention(kv::KvCacheManager& cache, const ModelDims& dims,
                                            AttentionRunner* inner, KeysOf keys_of, bool stats,
-                                           float keyformer_tau_init, float keyformer_tau_delta)
+                                           bool keyformer, float keyformer_tau_init,
+                                           float keyformer_tau_delta)
     : cache_(cache),
       d_(dims),
       full_(cache, dims.n_heads, dims.head_dim, dims.sliding_window),
       inner_(inner ? inner : &full_),
       keys_of_(std::move(keys_of)),
       stats_(stats),
+      keyformer_(keyformer),
       tau_init_(keyformer_tau_init),
       tau_delta_(keyformer_tau_delta) {
   if (!keys_of_)  // the KV-cache manager's rows (FullAttention)
@@ -44,7 +46,7 @@ const kv::HeavyHitterAccumulator* PromptStatsAttention::h2o(int seq, int il) con
 
 const kv::HeavyHitterAccumulator* PromptStatsAttention::keyformer(int seq, int il) const {
   const size_t i = size_t(seq) * d_.n_layers + il;
-  return i < kf_.size() ? kf_[i].get() : nullptr;
+  return keyformer_ && i < kf_.size() ? kf_[i].get() : nullptr;
 }
 
 void PromptStatsAttention::attend(int il, const float* q, const float* k, const float* v,
@@ -114,12 +116,11 @@ void PromptStatsAttention::attend(int il, const float* q, const float* k, const 
             for (int j = lo; j <= p; ++j)
               probs[j - lo] = host::dot_f32(qv, kh + int64_t(j) * hd, hd) * scale;
             cpu::softmax(probs.data(), m);
+            for (int j = 0; j < m; ++j) sh[lo + j] += probs[j];
+            if (!keyformer_) continue;
             std::copy(probs.begin(), probs.end(), gumbel.begin());
             K[s]->keyformer_transform(gumbel.data(), at.data(), m, qh);
-            for (int j = 0; j < m; ++j) {
-              sh[lo + j] += probs[j];
-              sk[lo + j] += gumbel[j];
-            }
+            for (int j = 0; j < m; ++j) sk[lo + j] += gumbel[j];
           }
         }
       }

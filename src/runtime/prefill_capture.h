@@ -24,15 +24,15 @@ class PromptStatsAttention final : public AttentionRunner {
   // inner: the engine's runner (the hybrid runtime), or null: FullAttention over `cache` (and
   // keys_of may be null: the cache's rows). stats false: the inner runner only.
   PromptStatsAttention(kv::KvCacheManager& cache, const ModelDims& dims, AttentionRunner* inner,
-                       KeysOf keys_of, bool stats, float keyformer_tau_init,
+                       KeysOf keys_of, bool stats, bool keyformer, float keyformer_tau_init,
                        float keyformer_tau_delta);
   void begin_step(const Batch& batch, const int32_t* pos) override;
   void layer_input(int il, const float* x) override { inner_->layer_input(il, x); }
   void attend(int il, const float* q, const float* k, const float* v, float* out) override;
   void end_step() override { inner_->end_step(); }
 
-  // The accumulators of (slot, layer); null when no statistics were taken or the slot had no
-  // token.
+  // The accumulators of (slot, layer); null when no statistics (of that kind) were taken or the
+  // slot had no token.
   const kv::HeavyHitterAccumulator* h2o(int seq, int il) const;
   const kv::HeavyHitterAccumulator* keyformer(int seq, int il) const;
 
@@ -42,7 +42,7 @@ class PromptStatsAttention final : public AttentionRunner {
   FullAttention full_;
   AttentionRunner* inner_;
   KeysOf keys_of_;
-  bool stats_;
+  bool stats_, keyformer_;
   float tau_init_, tau_delta_;
   const Batch* batch_ = nullptr;
   const int32_t* pos_ = nullptr;

@@ -286,6 +286,14 @@ TEST_F(SharedPrefill, RestoreProblemsAreNamed) {
   EXPECT_NE(test::error_of([&] { h2o->restore_sequence(bare, 0); }).find("attention_stats"),
             std::string::npos);
   EXPECT_EQ(h2o->open_sequences(), 0);  // nothing left open by the failed restore
+  PrefillSnapshotOptions h2o_only;
+  h2o_only.keyformer_stats = false;
+  const PrefillSnapshot mass = full->prefill_snapshot(*p_, h2o_only);
+  EXPECT_EQ(int(mass.sequences[0].h2o.size()), mass.n_layers);
+  EXPECT_TRUE(mass.sequences[0].keyformer.empty());
+  EXPECT_EQ(h2o->restore_problem(mass), "");
+  EXPECT_NE(Engine::load(options("keyformer"))->restore_problem(mass).find("keyformer_stats"),
+            std::string::npos);
   auto aog = Engine::load(options("aog"));
   EXPECT_EQ(aog->restore_problem(bare), "");  // no statistics needed
   LoadOptions small = options("hybrid", "off");
