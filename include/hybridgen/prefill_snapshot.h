@@ -24,6 +24,7 @@ struct PrefillSnapshot {
   std::string kv_precision;    // "f32", or "f32 window + bf16 offloaded", ...
   double prefill_seconds = 0;  // the prefill's forward passes (capture excluded)
   double capture_seconds = 0;  // copying the K/V and statistics out after it
+  double stats_seconds = 0;    // of prefill_seconds: the statistics' extra pass (CPU backend)
   // Keyformer's temperature schedule the Keyformer scores were accumulated with.
   float keyformer_tau_init = 0, keyformer_tau_delta = 0;
 

@@ -506,6 +506,7 @@ PrefillSnapshot Engine::prefill_snapshot(const std::vector<std::vector<int32_t>>
     std::vector<std::span<const int32_t>> spans(prompts.begin(), prompts.end());
     const std::vector<float> logits = im.prefill(spans, seqs);
     s.prefill_seconds = seconds_since(t0);
+    if (cap) s.stats_seconds = cap->stats_seconds();
     t0 = std::chrono::steady_clock::now();
     const int nkv = c.n_kv_heads, hd = c.head_dim;
     const int64_t kv_w = int64_t(nkv) * hd;

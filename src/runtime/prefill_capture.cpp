@@ -1,6 +1,7 @@
 #include "runtime/prefill_capture.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "cpu/ops.h"
 #include "runtime/host_loops.h"
@@ -53,6 +54,7 @@ void PromptStatsAttention::attend(int il, const float* q, const float* k, const 
                                   float* out) {
   inner_->attend(il, q, k, v, out);  // the engine's own attention (stores K/V)
   if (!stats_) return;
+  const auto t0 = std::chrono::steady_clock::now();
   const Batch& b = *batch_;
   const int n = b.size(), hd = d_.head_dim, group = d_.group(), nkv = d_.n_kv_heads;
   const int64_t q_w = int64_t(d_.n_heads) * hd;
@@ -129,6 +131,7 @@ void PromptStatsAttention::attend(int il, const float* q, const float* k, const 
     H[s]->end_update();
     K[s]->end_update();
   }
+  stats_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   (void)k;
   (void)v;
 }

@@ -35,6 +35,7 @@ class PromptStatsAttention final : public AttentionRunner {
   // slot had no token.
   const kv::HeavyHitterAccumulator* h2o(int seq, int il) const;
   const kv::HeavyHitterAccumulator* keyformer(int seq, int il) const;
+  double stats_seconds() const { return stats_s_; }  // spent on the statistics so far
 
  private:
   kv::KvCacheManager& cache_;
@@ -44,6 +45,7 @@ class PromptStatsAttention final : public AttentionRunner {
   KeysOf keys_of_;
   bool stats_, keyformer_;
   float tau_init_, tau_delta_;
+  double stats_s_ = 0;
   const Batch* batch_ = nullptr;
   const int32_t* pos_ = nullptr;
   // [slot * n_layers + layer], created on a slot's first token.

@@ -362,6 +362,7 @@ int main(int argc, char** argv) {
       sp.source_policy = sh.snapshot.source_policy;
       sp.kv_precision = sh.snapshot.kv_precision;
       sp.prefill_s = sh.snapshot.prefill_seconds;
+      sp.stats_s = sh.snapshot.stats_seconds;
       sp.capture_s = sh.snapshot.capture_seconds;
       sp.bytes = sh.snapshot.bytes();
       sh.index = static_cast<int>(ctx.shared.size());
@@ -484,10 +485,10 @@ int main(int argc, char** argv) {
       const SharedPrefill& sp = ctx.shared[i];
       std::printf(
           "shared prefill #%zu: p=%d b=%d c=%d, policy %s (%s K/V), prefill %.3f s (%.1f t/s, "
-          "once), capture %.3f s, %.1f MB; restored into %d configuration(s), %d run(s), "
-          "%.3f s in all; prefill time saved ~%.3f s\n",
+          "once; %.3f s of it the prompt statistics), capture %.3f s, %.1f MB; restored into %d "
+          "configuration(s), %d run(s), %.3f s in all; prefill time saved ~%.3f s\n",
           i, sp.n_prompt, sp.batch, sp.n_ctx, sp.source_policy.c_str(), sp.kv_precision.c_str(),
-          sp.prefill_s, sp.prefill_s > 0 ? sp.batch * sp.n_prompt / sp.prefill_s : 0.0,
+          sp.prefill_s, sp.prefill_s > 0 ? sp.batch * sp.n_prompt / sp.prefill_s : 0.0, sp.stats_s,
           sp.capture_s, sp.bytes / 1e6, sp.configs, sp.runs, sp.restore_s, sp.saved_s());
     }
     std::printf("\nload average at the end: %s\n", ctx.loadavg_end.c_str());

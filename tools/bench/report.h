@@ -26,20 +26,24 @@ struct ConfigResult {
   int shared_prefill = -1;        // index into RunContext::shared; -1: its own prefill
 };
 
-// One prefill that served several configurations of the same (model, context, batch): taken
-// once, restored into each configuration's engine before its warm-up and timed runs.
+// One prefill that served several configurations of the same (model, context, batch[, window]):
+// taken once, restored into each configuration's engine before its warm-up and timed runs.
 struct SharedPrefill {
   int n_prompt = 0, batch = 1, n_ctx = 0;
   std::string source_policy, kv_precision;
   double prefill_s = 0;  // the snapshot's prefill (forward passes), once
+  double stats_s = 0;    // of which the prompt statistics' extra pass
   double capture_s = 0;  // copying the K/V and statistics out
   uint64_t bytes = 0;    // the snapshot's K/V and statistics
   int configs = 0;       // configurations restored from it
   int runs = 0;          // warm-up and timed runs restored from it
   double restore_s = 0;  // summed over those runs
-  // runs * prefill_s - restore_s - capture_s: the prefill time those runs did not spend
-  // (estimated with this prefill's time; a tiered policy's own prefill is not faster).
-  double saved_s() const { return runs * prefill_s - restore_s - capture_s; }
+  // The prefill time those runs did not spend, estimated: each would have prefilled for about
+  // prefill_s - stats_s (the same prefill without the statistics' pass), against the one
+  // snapshot (prefill, capture) and the restores.
+  double saved_s() const {
+    return runs * (prefill_s - stats_s) - prefill_s - capture_s - restore_s;
+  }
 };
 
 // What every row is measured against: the run's ceilings and the model.
