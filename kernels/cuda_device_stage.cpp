@@ -232,6 +232,22 @@ class CudaDeviceStage final : public DeviceStage {
   }
   const char* name() const override { return "cuda"; }
 
+  // The shared prefill's restore: host rows, so the window writes stage them host-to-device
+  // (CudaWindowStore::write) and the rows that skip the window go to the host stores as bf16 on
+  // the host; waited for before returning. Written without a GPU: compiles, has NOT run.
+  void restore(int il, kv::TieredLayerKv& kv, int n, const float* host_k,
+               const float* host_v) override {
+    (void)il;
+    publish_evictions();  // nothing of an earlier step may land in the stores after this
+    struct Reset {
+      Streams& s;
+      ~Reset() { s.src_on_host = s.host_io; }
+    } reset{st_};
+    st_.src_on_host = true;
+    kv.append(n, host_k, host_v);
+    CUDA_CHECK(cudaStreamSynchronize(st_.compute));
+  }
+
   kv::WindowFactory window_factory() override {
     return [this](int n_kv_heads, int head_dim, int capacity) -> std::unique_ptr<kv::WindowStore> {
       return std::make_unique<CudaWindowStore>(st_, n_kv_heads, head_dim, capacity);

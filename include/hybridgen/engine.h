@@ -11,6 +11,7 @@
 #include "hybridgen/chat.h"
 #include "hybridgen/config.h"
 #include "hybridgen/error.h"
+#include "hybridgen/prefill_snapshot.h"
 
 namespace hybridgen {
 
@@ -35,6 +36,7 @@ struct ModelInfo {
 struct GenerationStats {
   int n_prompt_tokens = 0;
   double prefill_seconds = 0;
+  bool prefill_restored = false;  // from a PrefillSnapshot: prefill_seconds is the restore's
   int n_generated = 0;
   double decode_seconds = 0;  // decode forward passes + sampling, excluding prefill
   double prefill_tokens_per_second() const {
@@ -139,6 +141,29 @@ class Engine {
                                                const GenerateOptions& options,
                                                const BatchStreamCallback& on_text = {});
 
+  // ---- Shared prefill (hybridgen/prefill_snapshot.h) ----
+  // Prefills each prompt in its own sequence (as generate_batch does: chunks of 512 tokens, the
+  // batch's prompts together), captures what every policy's decode needs (per layer the prompt's
+  // K/V, the last logits, the prompt attention statistics) and closes the sequences again.
+  // Policy full on the CPU backend gives exact float32 K/V; a tiered policy gives its tiers'
+  // precision. Not during a generate; throws on --device cuda --policy full (its KV lives in
+  // the backend, not readable yet).
+  PrefillSnapshot prefill_snapshot(const std::vector<std::vector<int32_t>>& prompts,
+                                   const PrefillSnapshotOptions& options = {});
+  // Empty when this engine can restore `s` (same model shapes and vocabulary, context room,
+  // statistics its policy needs, sequence slots free), else why not (naming what differs).
+  std::string restore_problem(const PrefillSnapshot& s) const;
+  // Opens a sequence and places prompt `index` of `s` in it: the KV-cache manager (full) or the
+  // hybrid runtime's tiers (window through the device stage, older rows to the host stores as
+  // bf16) and heavy-hitter scores, as this policy's own prefill of that prompt would have left
+  // them. The next-token logits are s.sequences[index].logits. Throws restore_problem().
+  int restore_sequence(const PrefillSnapshot& s, int index);
+  // generate_batch from a snapshot: restore, then the same decode loop. stats.prefill_seconds
+  // is the restore's time and stats.prefill_restored is set.
+  std::vector<GenerationResult> generate_batch(const PrefillSnapshot& s,
+                                               const GenerateOptions& options,
+                                               const BatchStreamCallback& on_text = {});
+
   // ---- Continuous batching (servers): sequences join and leave between forward steps ----
   // One forward pass is a step(); a server opens a sequence per request, feeds its prompt in
   // chunks and then one token per step together with the other live sequences, samples from
@@ -186,6 +211,11 @@ class Engine {
 
  private:
   Engine();
+  // generate_batch's body: snapshot null: prefill `prompts`; else restore its sequences.
+  std::vector<GenerationResult> generate_from(const std::vector<std::vector<int32_t>>& prompts,
+                                              const PrefillSnapshot* snapshot,
+                                              const GenerateOptions& options,
+                                              const BatchStreamCallback& on_text);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -191,6 +191,13 @@ void HeavyHitterAccumulator::keyformer_transform(float* probs, const int32_t* po
   for (int j = 0; j < n; ++j) probs[j] *= inv;
 }
 
+void HeavyHitterAccumulator::load(const float* scores, int n_tokens, int64_t updates) {
+  HG_CHECK(n_tokens >= 0 && updates >= 0, "heavy-hitter accumulator: bad state to load");
+  for (int h = 0; h < n_kv_heads_; ++h)
+    score_[h].assign(scores + int64_t(h) * n_tokens, scores + int64_t(h + 1) * n_tokens);
+  updates_ = updates;
+}
+
 void HeavyHitterAccumulator::grow(int n_tokens) {
   HG_CHECK(n_tokens >= static_cast<int>(score_[0].size()),
            "heavy-hitter accumulator: the offloaded count went down from " +

@@ -115,6 +115,10 @@ class HeavyHitterAccumulator {
   void end_update() { ++updates_; }
   int64_t updates() const { return updates_; }
 
+  // Replaces the state by a captured one (the shared prefill, hybridgen/prefill_snapshot.h):
+  // scores [n_kv_heads, n_tokens] and the number of accumulations they came from.
+  void load(const float* scores, int n_tokens, int64_t updates);
+
   int n_kv_heads() const { return n_kv_heads_; }
   // score(h): [n_tokens seen so far] accumulated probability mass.
   const std::vector<float>& score(int h) const { return score_[h]; }

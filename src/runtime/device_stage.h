@@ -123,6 +123,17 @@ class DeviceStage {
   // stream_offloaded (aog): the offloaded K/V are shipped to the device first, timed as T_tx.
   virtual ExactResult exact(int il, const ExactBatch& b, bool stream_offloaded) = 0;
 
+  // The shared prefill's restore (hybridgen/prefill_snapshot.h): n tokens' K/V of one layer,
+  // HOST float32 rows [n, n_kv_heads, head_dim] (RoPE applied), into an EMPTY (sequence, layer),
+  // appended in bulk as exact() appends a prefill chunk: the newest window-many rows into the
+  // window in the backend's memory, the older ones straight to the host stores as bf16; no
+  // attention. The CPU backend's window is host memory: a plain append.
+  virtual void restore(int il, kv::TieredLayerKv& kv, int n, const float* host_k,
+                       const float* host_v) {
+    (void)il;
+    kv.append(n, host_k, host_v);
+  }
+
   // Makes every eviction of earlier steps visible in the host stores. A GPU batches a decode
   // step's evictions into one device-to-host copy that lands after the step (the CUDA stage
   // publishes them at the next step's begin, before its CPU stage runs); the runtime calls this

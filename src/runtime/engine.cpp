@@ -11,7 +11,9 @@
 #include "memory/allocator.h"
 #include "memory/numa_allocator.h"
 #include "model/model_loader.h"
+#include "runtime/cpu_device_stage.h"
 #include "runtime/hybrid_attention.h"
+#include "runtime/prefill_capture.h"
 #include "runtime/sampler.h"
 #include "runtime/transformer.h"
 #include "util/check.h"
@@ -48,6 +50,9 @@ struct Engine::Impl {
     hybrid.reset();
     model.reset();
   }
+
+  // Engine::restore_problem; check_slots: also that every sequence of s finds a free slot.
+  std::string restore_problem(const PrefillSnapshot& s, bool check_slots) const;
 
   const Tokenizer& tok() const {
     HG_CHECK(tokenizer, info.source +
@@ -273,6 +278,20 @@ GenerationResult Engine::generate(std::span<const int32_t> prompt, const Generat
 std::vector<GenerationResult> Engine::generate_batch(
     const std::vector<std::vector<int32_t>>& prompts, const GenerateOptions& options,
     const BatchStreamCallback& on_text) {
+  return generate_from(prompts, nullptr, options, on_text);
+}
+
+std::vector<GenerationResult> Engine::generate_batch(const PrefillSnapshot& s,
+                                                     const GenerateOptions& options,
+                                                     const BatchStreamCallback& on_text) {
+  std::vector<std::vector<int32_t>> prompts;
+  for (const PrefillSnapshot::Sequence& q : s.sequences) prompts.push_back(q.prompt);
+  return generate_from(prompts, &s, options, on_text);
+}
+
+std::vector<GenerationResult> Engine::generate_from(
+    const std::vector<std::vector<int32_t>>& prompts, const PrefillSnapshot* snap,
+    const GenerateOptions& options, const BatchStreamCallback& on_text) {
   Impl& im = *impl_;
   const int n = static_cast<int>(prompts.size());
   const int vocab = im.info.vocab_size;
@@ -292,8 +311,20 @@ std::vector<GenerationResult> Engine::generate_batch(
                                         std::to_string(t) + " outside the vocabulary");
   }
 
-  std::vector<int> seqs(n);
-  for (int i = 0; i < n; ++i) seqs[i] = im.cache->open_sequence();
+  if (snap) {
+    const std::string why = restore_problem(*snap);
+    HG_CHECK(why.empty(), why);
+  }
+  std::vector<int> seqs;
+  const auto t_open = std::chrono::steady_clock::now();
+  try {
+    for (int i = 0; i < n; ++i)
+      seqs.push_back(snap ? restore_sequence(*snap, i) : im.cache->open_sequence());
+  } catch (...) {
+    for (int s : seqs) im.cache->close_sequence(s);
+    throw;
+  }
+  const double restore_s = snap ? seconds_since(t_open) : 0;
   if (im.runtime()) im.runtime()->new_request();
   struct Live {
     std::vector<int32_t> history;
@@ -313,11 +344,21 @@ std::vector<GenerationResult> Engine::generate_batch(
     for (int s : seqs) im.cache->close_sequence(s);
   };
   try {
-    auto t0 = std::chrono::steady_clock::now();
-    std::vector<std::span<const int32_t>> spans(prompts.begin(), prompts.end());
-    std::vector<float> logits = im.prefill(spans, seqs);
-    const double prefill_s = seconds_since(t0);
-    for (auto& r : results) r.stats.prefill_seconds = prefill_s;
+    std::vector<float> logits;
+    if (snap) {  // restored above: the snapshot's last logits
+      for (const PrefillSnapshot::Sequence& q : snap->sequences)
+        logits.insert(logits.end(), q.logits.begin(), q.logits.end());
+      for (auto& r : results) {
+        r.stats.prefill_seconds = restore_s;
+        r.stats.prefill_restored = true;
+      }
+    } else {
+      auto t0 = std::chrono::steady_clock::now();
+      std::vector<std::span<const int32_t>> spans(prompts.begin(), prompts.end());
+      logits = im.prefill(spans, seqs);
+      const double prefill_s = seconds_since(t0);
+      for (auto& r : results) r.stats.prefill_seconds = prefill_s;
+    }
 
     double decode_s = 0;
     if (options.n_predict == 0)
@@ -388,6 +429,215 @@ std::vector<GenerationResult> Engine::generate_batch(
   }
   close_all();
   return results;
+}
+
+// ---- Shared prefill -------------------------------------------------------------------------
+
+uint64_t PrefillSnapshot::bytes() const {
+  uint64_t b = 0;
+  for (const Sequence& q : sequences)
+    for (const auto* part : {&q.k, &q.v, &q.h2o, &q.keyformer})
+      for (const std::vector<float>& l : *part) b += l.size() * sizeof(float);
+  return b;
+}
+
+PrefillSnapshot Engine::prefill_snapshot(const std::vector<std::vector<int32_t>>& prompts,
+                                         const PrefillSnapshotOptions& options) {
+  Impl& im = *impl_;
+  const int n = static_cast<int>(prompts.size());
+  const ModelConfig& c = im.model->config();
+  HG_CHECK(n >= 1 && n <= im.max_sequences, "prefill snapshot: " + std::to_string(n) +
+                                                " prompts, the engine was loaded for a batch of " +
+                                                std::to_string(im.max_sequences));
+  for (int i = 0; i < n; ++i) {
+    HG_CHECK(!prompts[i].empty() && static_cast<int>(prompts[i].size()) < im.info.n_ctx,
+             "prefill snapshot: prompt " + std::to_string(i) + " has " +
+                 std::to_string(prompts[i].size()) + " tokens; it must have 1 to " +
+                 std::to_string(im.info.n_ctx - 1) + " (-c / --ctx-size)");
+    for (int32_t t : prompts[i])
+      HG_CHECK(t >= 0 && t < c.vocab_size, "prefill snapshot: prompt " + std::to_string(i) +
+                                               " has token id " + std::to_string(t) +
+                                               " outside the vocabulary");
+  }
+  runtime::HybridRuntime* rt = im.runtime();
+  auto* tf = dynamic_cast<Transformer*>(im.model.get());
+  HG_CHECK(rt || tf,
+           "prefill snapshot: --device cuda --policy full keeps its KV in the backend, which "
+           "cannot be read back yet; take the snapshot with a tiered policy or on --device cpu");
+  PrefillSnapshot s;
+  s.model_source = im.info.source;
+  s.n_layers = c.n_layers;
+  s.n_kv_heads = c.n_kv_heads;
+  s.head_dim = c.head_dim;
+  s.vocab_size = c.vocab_size;
+  const runtime::HybridConfig defaults;
+  s.keyformer_tau_init = rt ? rt->config().keyformer_tau_init : defaults.keyformer_tau_init;
+  s.keyformer_tau_delta = rt ? rt->config().keyformer_tau_delta : defaults.keyformer_tau_delta;
+  s.source_policy = rt ? runtime::policy_name(rt->config().policy) : "full";
+  s.source_window = rt ? rt->config().window : im.info.n_ctx;
+  s.kv_precision = !rt ? "f32"
+                   : rt->device_stage().name() == std::string("cpu")
+                       ? "f32 window + bf16 offloaded"
+                       : "bf16 window + bf16 offloaded";
+  // The CPU backend: the engine's own attention (full's, or the hybrid runtime) wrapped by
+  // PromptStatsAttention, which adds the prompt attention statistics over the keys as that
+  // attention read them. The CUDA backend runs its runtime itself: only the runtime's own scores.
+  std::unique_ptr<runtime::PromptStatsAttention> cap;
+  if (tf) {
+    runtime::PromptStatsAttention::KeysOf keys_of;
+    if (rt)
+      keys_of = [rt](int seq, int il, std::vector<float>& K) {
+        return rt->attended_keys(seq, il, K);
+      };
+    cap = std::make_unique<runtime::PromptStatsAttention>(
+        *im.cache, runtime::dims_of(*tf), im.hybrid.get(), keys_of, options.attention_stats,
+        options.keyformer_stats, s.keyformer_tau_init, s.keyformer_tau_delta);
+    tf->set_attention_runner(cap.get());
+  }
+  std::vector<int> seqs;
+  auto cleanup = [&]() {
+    if (cap) tf->set_attention_runner(im.hybrid.get());  // null: FullAttention again
+    for (int q : seqs) im.cache->close_sequence(q);
+  };
+  try {
+    for (int i = 0; i < n; ++i) seqs.push_back(im.cache->open_sequence());
+    if (rt) rt->new_request();
+    auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::span<const int32_t>> spans(prompts.begin(), prompts.end());
+    const std::vector<float> logits = im.prefill(spans, seqs);
+    s.prefill_seconds = seconds_since(t0);
+    if (cap) s.stats_seconds = cap->stats_seconds();
+    t0 = std::chrono::steady_clock::now();
+    const int nkv = c.n_kv_heads, hd = c.head_dim;
+    const int64_t kv_w = int64_t(nkv) * hd;
+    for (int i = 0; i < n; ++i) {
+      PrefillSnapshot::Sequence q;
+      q.prompt = prompts[i];
+      q.slot = seqs[i];
+      q.logits.assign(logits.begin() + int64_t(i) * c.vocab_size,
+                      logits.begin() + int64_t(i + 1) * c.vocab_size);
+      const int len = q.n_tokens();
+      if (rt) {
+        rt->capture_prefill(seqs[i], q);  // K/V (and on a GPU the runtime's own scores)
+      } else {
+        q.k.assign(c.n_layers, std::vector<float>(size_t(len) * kv_w));
+        q.v.assign(c.n_layers, std::vector<float>(size_t(len) * kv_w));
+        for (int l = 0; l < c.n_layers; ++l) {
+          const kv::LayerView view = im.cache->view(seqs[i], l);
+          for (int p = 0; p < len; ++p)
+            for (int h = 0; h < nkv; ++h) {
+              std::copy_n(view.key(h, p), hd, &q.k[l][p * kv_w + h * hd]);
+              std::copy_n(view.value(h, p), hd, &q.v[l][p * kv_w + h * hd]);
+            }
+        }
+      }
+      if (cap && options.attention_stats) {
+        const int kinds = options.keyformer_stats ? 2 : 1;
+        q.h2o.assign(c.n_layers, {});
+        if (kinds == 2) q.keyformer.assign(c.n_layers, {});  // else: the runtime's own, if any
+        for (int l = 0; l < c.n_layers; ++l) {
+          const kv::HeavyHitterAccumulator* acc[2] = {cap->h2o(seqs[i], l),
+                                                      cap->keyformer(seqs[i], l)};
+          std::vector<float>* dst[2] = {&q.h2o[l], kinds == 2 ? &q.keyformer[l] : nullptr};
+          for (int a = 0; a < kinds; ++a) {
+            HG_CHECK(acc[a], "prefill snapshot: no statistics of layer " + std::to_string(l));
+            dst[a]->assign(size_t(nkv) * len, 0.f);
+            for (int h = 0; h < nkv; ++h)
+              std::copy_n(acc[a]->score(h).begin(), std::min<size_t>(len, acc[a]->score(h).size()),
+                          dst[a]->begin() + int64_t(h) * len);
+          }
+          q.stat_updates = acc[0]->updates();
+        }
+      }
+      s.sequences.push_back(std::move(q));
+    }
+    s.capture_seconds = seconds_since(t0);
+  } catch (...) {
+    cleanup();
+    throw;
+  }
+  cleanup();
+  return s;
+}
+
+std::string Engine::restore_problem(const PrefillSnapshot& s) const {
+  return impl_->restore_problem(s, true);
+}
+
+std::string Engine::Impl::restore_problem(const PrefillSnapshot& s, bool check_slots) const {
+  const Impl& im = *this;
+  const ModelConfig& c = im.model->config();
+  if (s.n_layers != c.n_layers || s.n_kv_heads != c.n_kv_heads || s.head_dim != c.head_dim ||
+      s.vocab_size != c.vocab_size)
+    return "prefill snapshot of " + s.model_source + " (" + std::to_string(s.n_layers) +
+           " layers, " + std::to_string(s.n_kv_heads) + " KV heads of " +
+           std::to_string(s.head_dim) + ", vocabulary " + std::to_string(s.vocab_size) +
+           ") does not fit " + im.info.source + " (" + std::to_string(c.n_layers) + ", " +
+           std::to_string(c.n_kv_heads) + ", " + std::to_string(c.head_dim) + ", " +
+           std::to_string(c.vocab_size) + ")";
+  if (s.sequences.empty()) return "prefill snapshot: no sequences";
+  int free_slots = 0;
+  for (int q = 0; q < im.cache->max_sequences(); ++q) free_slots += !im.cache->is_open(q);
+  if (check_slots && int(s.sequences.size()) > free_slots)
+    return "prefill snapshot: " + std::to_string(s.sequences.size()) + " sequences, " +
+           std::to_string(free_slots) + " free sequence slot(s) (raise the batch size)";
+  const runtime::HybridRuntime* rt = im.runtime();
+  if (!rt && !dynamic_cast<const Transformer*>(im.model.get()))
+    return "prefill restore: --device cuda --policy full keeps its KV in the backend; restoring "
+           "into it is not implemented (use a tiered policy, or --device cpu)";
+  for (int i = 0; i < int(s.sequences.size()); ++i) {
+    const PrefillSnapshot::Sequence& q = s.sequences[i];
+    if (int(q.logits.size()) != c.vocab_size)
+      return "prefill snapshot: sequence " + std::to_string(i) + " has no last logits";
+    if (rt) {
+      std::string why = rt->restore_problem(s, i);
+      if (!why.empty()) return why;
+    } else if (q.n_tokens() >= im.info.n_ctx) {
+      return "prefill snapshot: " + std::to_string(q.n_tokens()) +
+             " prompt tokens do not fit the context size " + std::to_string(im.info.n_ctx) +
+             " (-c)";
+    } else if (int(q.k.size()) != c.n_layers || int(q.v.size()) != c.n_layers) {
+      return "prefill snapshot: sequence " + std::to_string(i) + " has K/V of " +
+             std::to_string(q.k.size()) + " layers, the model " + std::to_string(c.n_layers);
+    }
+  }
+  return "";
+}
+
+int Engine::restore_sequence(const PrefillSnapshot& s, int index) {
+  Impl& im = *impl_;
+  HG_CHECK(index >= 0 && index < int(s.sequences.size()),
+           "prefill restore: no sequence " + std::to_string(index) + " in the snapshot (it holds " +
+               std::to_string(s.sequences.size()) + ")");
+  const std::string why = im.restore_problem(s, false);
+  HG_CHECK(why.empty(), why);
+  const PrefillSnapshot::Sequence& q = s.sequences[index];
+  const ModelConfig& c = im.model->config();
+  const int n = q.n_tokens(), nkv = c.n_kv_heads, hd = c.head_dim;
+  const int64_t kv_w = int64_t(nkv) * hd;
+  const int seq = open_sequence();
+  try {
+    im.cache->reserve(seq, n);  // positions
+    if (runtime::HybridRuntime* rt = im.runtime()) {
+      if (q.slot != seq && std::string(rt->heavy_kind()) == "keyformer")
+        log().warn(
+            "prefill restore: Keyformer's noise is seeded per sequence slot; prompt {} was "
+            "prefilled in slot {} and decodes in slot {}",
+            index, q.slot, seq);
+      rt->restore_prefill(seq, s, index);
+    } else {
+      for (int l = 0; l < c.n_layers; ++l) {
+        HG_CHECK(q.k[l].size() == size_t(n) * kv_w && q.v[l].size() == size_t(n) * kv_w,
+                 "prefill snapshot: layer " + std::to_string(l) + " has the wrong size");
+        for (int p = 0; p < n; ++p)
+          im.cache->write(seq, l, p, &q.k[l][p * kv_w], &q.v[l][p * kv_w]);
+      }
+    }
+  } catch (...) {
+    im.cache->close_sequence(seq);
+    throw;
+  }
+  return seq;
 }
 
 int Engine::open_sequence() {

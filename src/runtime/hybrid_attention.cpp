@@ -712,3 +712,144 @@ void HybridRuntime::reset_stats() {
 }
 
 }  // namespace hybridgen::runtime
+
+namespace hybridgen::runtime {
+
+// ---- Shared prefill -------------------------------------------------------------------------
+
+const char* HybridRuntime::heavy_kind() const {
+  if (!pp_.uses_heavy || heavy_.empty()) return "";
+  return heavy_[0]->keyformer() ? "keyformer" : "h2o";
+}
+
+int HybridRuntime::attended_keys(int seq, int il, std::vector<float>& K) const {
+  const kv::TieredLayerKv& kv = cache_->layer(seq, il);
+  const int n = kv.length(), n_off = kv.n_offloaded(), nw = kv.n_window(), hd = head_dim_;
+  const kv::WindowStore* ws = kv.window();
+  HG_CHECK(nw == 0 || ws->host_keys(0), "attended_keys: the window is in device memory");
+  K.resize(size_t(n_kv_heads_) * n * hd);
+  for (int h = 0; h < n_kv_heads_; ++h) {
+    float* kh = K.data() + size_t(h) * n * hd;
+    if (n_off > 0) host::bf16_to_f32_row(kv.key_store().row(h, 0), kh, int64_t(n_off) * hd);
+    for (int i = 0; i < nw; ++i)
+      std::copy_n(ws->host_keys(h) + int64_t(kv.window_slot(i)) * hd, hd,
+                  kh + int64_t(n_off + i) * hd);
+  }
+  return n;
+}
+
+void HybridRuntime::capture_prefill(int seq, PrefillSnapshot::Sequence& out) {
+  HG_CHECK(outstanding_ == 0, "prefill snapshot: a forward step is in flight");
+  device_->sync_host_stores();
+  const int hd = head_dim_, nkv = n_kv_heads_;
+  const int64_t kv_w = int64_t(nkv) * hd;
+  out.k.assign(n_layers_, {});
+  out.v.assign(n_layers_, {});
+  const std::string kind = heavy_kind();
+  std::vector<std::vector<float>>* stats = kind == "h2o"         ? &out.h2o
+                                           : kind == "keyformer" ? &out.keyformer
+                                                                 : nullptr;
+  if (stats) stats->assign(n_layers_, {});
+  std::vector<uint16_t> tk, tv;  // a CUDA window's bf16 rows, exported
+  for (int l = 0; l < n_layers_; ++l) {
+    const kv::TieredLayerKv& kv = cache_->layer(seq, l);
+    const int n = kv.length(), n_off = kv.n_offloaded(), nw = kv.n_window();
+    std::vector<float>& K = out.k[l];
+    std::vector<float>& V = out.v[l];
+    K.resize(size_t(n) * kv_w);
+    V.resize(size_t(n) * kv_w);
+    for (int h = 0; h < nkv; ++h)
+      for (int i = 0; i < n_off; ++i) {  // host-local index i is position i (FIFO eviction)
+        host::bf16_to_f32_row(kv.key_store().row(h, i), &K[size_t(i) * kv_w + h * hd], hd);
+        host::bf16_to_f32_row(kv.value_store().row(h, i), &V[size_t(i) * kv_w + h * hd], hd);
+      }
+    const kv::WindowStore* ws = kv.window();
+    if (nw > 0 && ws->host_keys(0)) {
+      for (int h = 0; h < nkv; ++h)
+        for (int i = 0; i < nw; ++i) {
+          const int64_t slot = kv.window_slot(i);
+          std::copy_n(ws->host_keys(h) + slot * hd, hd, &K[size_t(n_off + i) * kv_w + h * hd]);
+          std::copy_n(ws->host_values(h) + slot * hd, hd, &V[size_t(n_off + i) * kv_w + h * hd]);
+        }
+    } else if (nw > 0) {  // device memory: the ring's (at most two) runs, bf16
+      for (int i = 0; i < nw;) {
+        const int slot = kv.window_slot(i), len = std::min(nw - i, ws->capacity() - slot);
+        tk.resize(size_t(len) * kv_w);
+        tv.resize(size_t(len) * kv_w);
+        ws->export_bf16(slot, len, tk.data(), tv.data(), int64_t(len) * hd);
+        for (int h = 0; h < nkv; ++h)
+          for (int j = 0; j < len; ++j) {
+            const size_t dst = size_t(n_off + i + j) * kv_w + h * hd;
+            host::bf16_to_f32_row(&tk[(size_t(h) * len + j) * hd], &K[dst], hd);
+            host::bf16_to_f32_row(&tv[(size_t(h) * len + j) * hd], &V[dst], hd);
+          }
+        i += len;
+      }
+    }
+    if (stats) {
+      const kv::HeavyHitterAccumulator& a = *heavy_[size_t(seq) * n_layers_ + l];
+      std::vector<float>& S = (*stats)[l];
+      S.assign(size_t(nkv) * n, 0.f);
+      for (int h = 0; h < nkv; ++h)
+        std::copy_n(a.score(h).begin(), std::min<size_t>(n, a.score(h).size()),
+                    S.begin() + int64_t(h) * n);
+      out.stat_updates = a.updates();
+    }
+  }
+}
+
+std::string HybridRuntime::restore_problem(const PrefillSnapshot& s, int index) const {
+  if (index < 0 || index >= int(s.sequences.size()))
+    return "prefill snapshot: no sequence " + std::to_string(index) + " (it holds " +
+           std::to_string(s.sequences.size()) + ")";
+  const PrefillSnapshot::Sequence& q = s.sequences[index];
+  if (q.n_tokens() >= n_ctx_)
+    return "prefill snapshot: " + std::to_string(q.n_tokens()) +
+           " prompt tokens do not fit the context size " + std::to_string(n_ctx_) + " (-c)";
+  if (int(q.k.size()) != n_layers_ || int(q.v.size()) != n_layers_)
+    return "prefill snapshot: K/V of " + std::to_string(q.k.size()) + " layers, the model has " +
+           std::to_string(n_layers_);
+  const std::string kind = heavy_kind();
+  if (kind.empty()) return "";
+  const auto& st = kind == "h2o" ? q.h2o : q.keyformer;
+  if (int(st.size()) != n_layers_)
+    return "prefill snapshot: policy " + std::string(policy_name(cfg_.policy)) +
+           " starts decoding from the prompt's " + kind +
+           " scores, which this snapshot does not hold (take it with attention statistics: "
+           "PrefillSnapshotOptions::attention_stats" +
+           (kind == "keyformer" ? std::string(" and keyformer_stats") : std::string()) + ")";
+  if (kind == "keyformer" && (s.keyformer_tau_init != cfg_.keyformer_tau_init ||
+                              s.keyformer_tau_delta != cfg_.keyformer_tau_delta))
+    return "prefill snapshot: its Keyformer scores were accumulated with tau_init " +
+           std::to_string(s.keyformer_tau_init) + ", tau_delta " +
+           std::to_string(s.keyformer_tau_delta) + "; this engine uses " +
+           std::to_string(cfg_.keyformer_tau_init) + ", " +
+           std::to_string(cfg_.keyformer_tau_delta);
+  return "";
+}
+
+void HybridRuntime::restore_prefill(int seq, const PrefillSnapshot& s, int index) {
+  const std::string why = restore_problem(s, index);
+  HG_CHECK(why.empty(), why);
+  HG_CHECK(outstanding_ == 0, "prefill restore: a forward step is in flight");
+  device_->sync_host_stores();
+  const PrefillSnapshot::Sequence& q = s.sequences[index];
+  const int n = q.n_tokens();
+  const size_t rows = size_t(n) * n_kv_heads_ * head_dim_;
+  for (int l = 0; l < n_layers_; ++l) {
+    HG_CHECK(q.k[l].size() == rows && q.v[l].size() == rows,
+             "prefill snapshot: layer " + std::to_string(l) + " holds " +
+                 std::to_string(q.k[l].size()) + " K values, expected " + std::to_string(rows));
+    kv::TieredLayerKv& kv = cache_->layer(seq, l);
+    kv.clear();
+    device_->restore(l, kv, n, q.k[l].data(), q.v[l].data());
+    if (kv::HeavyHitterAccumulator* a = heavy(seq, l)) {
+      const auto& st = a->keyformer() ? q.keyformer : q.h2o;
+      HG_CHECK(st[l].size() == size_t(n_kv_heads_) * n,
+               "prefill snapshot: layer " + std::to_string(l) + "'s scores have the wrong size");
+      a->load(st[l].data(), n, q.stat_updates);
+    }
+  }
+}
+
+}  // namespace hybridgen::runtime

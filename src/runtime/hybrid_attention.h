@@ -49,6 +49,7 @@
 #include "cpu/logits.h"
 #include "hybridgen/config.h"
 #include "hybridgen/engine.h"  // AttentionStats
+#include "hybridgen/prefill_snapshot.h"
 #include "kv/tiered_kv.h"
 #include "kv/token_selector.h"
 #include "memory/allocator.h"
@@ -96,6 +97,24 @@ class HybridRuntime : public AttentionRunner {
   void sync_host_stores() { device_->sync_host_stores(); }
   const FeedbackScheduler* scheduler() const { return scheduler_.get(); }
   const DeviceStage& device_stage() const { return *device_; }
+
+  // The shared prefill (hybridgen/prefill_snapshot.h); between steps only.
+  // Sequence slot `seq`'s tiers into `out` (k, v per layer; its heavy-hitter scores when this
+  // policy accumulates them): window rows as the window holds them (float32 on the CPU, bf16 on
+  // a CUDA window), offloaded rows widened from the host stores' bf16.
+  void capture_prefill(int seq, PrefillSnapshot::Sequence& out);
+  // Empty when restore_prefill can take sequence `index` of `s`, else why not.
+  std::string restore_problem(const PrefillSnapshot& s, int index) const;
+  // Places sequence `index` of `s` into slot `seq` (its previous tokens dropped): every layer's
+  // K/V through DeviceStage::restore, and the heavy-hitter scores this policy keeps (H2O mass or
+  // Keyformer's) with their accumulation count.
+  void restore_prefill(int seq, const PrefillSnapshot& s, int index);
+  // Sequence slot `seq`'s keys at layer il as exact attention reads them (offloaded rows widened
+  // from bf16, window rows float32), K: [n_kv_heads, length, head_dim]; returns the length. A
+  // window in host memory only (the CPU device stage).
+  int attended_keys(int seq, int il, std::vector<float>& K) const;
+  // What this runtime's heavy-hitter scores are: "" (none), "h2o" or "keyformer".
+  const char* heavy_kind() const;
 
  private:
   struct RowResult;

@@ -450,5 +450,39 @@ TEST(CudaEngineCpuSide, WithoutAGpuTheErrorSaysWhy) {
   }
 }
 
+// The shared prefill through the CUDA device stage (Engine::prefill_snapshot on --device cuda
+// captures the tiers: the bf16 window exported, the host stores widened; restore_sequence appends
+// them back through CudaDeviceStage::restore). Written without a GPU: it compiles and skips here;
+// it has NOT run. Restoring a CUDA snapshot into a fresh CUDA engine of the same policy must give
+// the same window and stores, so the greedy tokens of 24 steps must equal its own prefill's.
+TEST(CudaBackendHybridPolicies, SharedPrefillRestoresThroughTheCudaStage) {
+  SKIP_WITHOUT_GPU();
+  for (const char* p : {"hybrid", "h2o", "aog"}) {
+    SCOPED_TRACE(p);
+    std::vector<int32_t> prompt;
+    auto own = Engine::load(engine_options("cuda", p));
+    const int vocab = own->info().vocab_size;
+    for (int i = 0; i < 16; ++i) prompt.push_back((i * 37 + 3) % vocab);
+    const PrefillSnapshot snap = own->prefill_snapshot({prompt});
+    EXPECT_EQ(snap.kv_precision, "bf16 window + bf16 offloaded");
+    auto restored = Engine::load(engine_options("cuda", p));
+    ASSERT_EQ(restored->restore_problem(snap), "");
+    GenerateOptions g;
+    g.n_predict = 24;
+    g.sampling.temperature = 0;
+    g.stop_at_eog = false;
+    const auto a = own->generate_batch({prompt}, g);
+    const auto b = restored->generate_batch(snap, g);
+    EXPECT_EQ(a[0].tokens, b[0].tokens);
+    EXPECT_TRUE(b[0].stats.prefill_restored);
+  }
+  // full keeps its KV in the CUDA backend: no snapshot, no restore, said so.
+  auto full = Engine::load(engine_options("cuda", "full"));
+  EXPECT_NE(test::error_of([&] {
+              full->prefill_snapshot({{1, 2, 3}});
+            }).find("--policy full"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace hybridgen

@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <sstream>
 
@@ -150,7 +151,8 @@ int main(int argc, char** argv) {
   SweepSpec spec;
   uint64_t seed = 1;
   int bw_mib = 1024, bw_reps = 5;
-  bool progress = false;
+  bool progress = false, no_shared_prefill = false;
+  std::string shared_prefill = "window";
 
   app.add_option("-m,--model", load.model_path, "HF model directory or .gguf file")
       ->capture_default_str();
@@ -211,6 +213,16 @@ int main(int argc, char** argv) {
   app.add_option("--trace", trace_path,
                  "write a Chrome/Perfetto trace of the pipeline stages (last repetition of each "
                  "configuration; tracing adds a little overhead to the timings)");
+  app.add_option("--shared-prefill", shared_prefill,
+                 "one prefill restored into several configurations' engines (docs/benchmarks.md): "
+                 "window = per prompt length, context, batch and device window (the restored "
+                 "decode is bit-identical to each policy's own prefill); context = per prompt "
+                 "length, context and batch (one exact float32 prefill of policy full for every "
+                 "policy; tiered policies then differ from their own prefill by its bf16 "
+                 "rounding of offloaded K/V); off")
+      ->check(CLI::IsMember({"window", "context", "off"}))
+      ->capture_default_str();
+  app.add_flag("--no-shared-prefill", no_shared_prefill, "--shared-prefill off");
   app.add_flag("--progress", progress, "progress bar on stderr even when it is not a terminal");
   app.add_option("--log-level", log_level, "engine log level (default warn)");
   try {
@@ -276,6 +288,88 @@ int main(int argc, char** argv) {
     gen.sampling.temperature = 0;  // greedy: the cheapest sampling, timed apart
     gen.stop_at_eog = false;       // every run generates exactly -n tokens
 
+    // ---- the shared prefill: configurations of one (prompt length, context, batch[, window])
+    // key -> configurations left to run with it, and its snapshot while any are.
+    if (no_shared_prefill) shared_prefill = "off";
+    const bool per_window = shared_prefill == "window";
+    auto key_of = [&](const BenchConfig& c) {
+      std::string k = std::to_string(c.n_prompt) + "/" + std::to_string(c.n_ctx) + "/" +
+                      std::to_string(c.batch);
+      if (per_window)  // the tiers' split decides which K/V rows the prefill read as bf16
+        k += "/" + (c.policy == "full"                       ? std::string("full")
+                    : c.policy == "aog" || c.policy == "aoc" ? std::string("0")
+                                                             : std::to_string(c.window));
+      return k;
+    };
+    std::map<std::string, int> uses;
+    for (const BenchConfig& c : configs) ++uses[key_of(c)];
+    struct Shared {
+      PrefillSnapshot snapshot;
+      int index = -1;  // into ctx.shared
+    };
+    std::map<std::string, Shared> snapshots;
+    auto needs_stats = [](const std::string& policy) {  // policies that read prompt scores
+      return policy == "h2o" || policy == "keyformer" || policy == "hybrid";
+    };
+    // Takes the group's snapshot. Per window: an engine of the group's first configuration
+    // (its tiers: the prefill every policy of that window runs). Per context: policy full on the
+    // CPU backend (exact float32 K/V). On a GPU the CUDA backend's full KV cannot be read back,
+    // so the group's first tiered policy takes it there.
+    auto take_snapshot = [&](const BenchConfig& c, const std::string& key) -> Shared* {
+      LoadOptions lo = load;
+      lo.n_ctx = c.n_ctx;
+      lo.max_sequences = c.batch;
+      bool stats = false, keyformer = false;
+      const BenchConfig* source = nullptr;
+      for (const BenchConfig& o : configs)
+        if (key_of(o) == key) {
+          stats = stats || needs_stats(o.policy);
+          keyformer = keyformer || o.policy == "keyformer" ||
+                      (o.policy == "hybrid" && load.attention.predictor == "keyformer");
+          if (!source && (o.policy != "full" || (per_window && spec.device == "cpu"))) source = &o;
+        }
+      if (!per_window && spec.device == "cpu") source = nullptr;  // full
+      if (!source && spec.device == "cuda") return nullptr;       // only full: nothing to share
+      lo.attention.policy = source ? source->policy : "full";
+      if (source) {
+        if (source->window >= 0) lo.attention.window = source->window;
+        if (source->k >= 0) lo.attention.k = source->k;
+        if (!source->selection.empty()) lo.attention.selection = source->selection;
+      }
+      auto engine = Engine::load(lo);
+      std::vector<std::vector<int32_t>> prompts;  // the configurations' prompts (below)
+      for (int i = 0; i < c.batch; ++i)
+        prompts.push_back(random_prompt(c.n_prompt, engine->info().vocab_size, seed + i));
+      PrefillSnapshotOptions so;
+      so.attention_stats = stats;
+      so.keyformer_stats = keyformer;
+      // The first prefill of an engine builds its GEMM primitives: a warm-up of one chunk (512
+      // tokens per prompt at most, no statistics) is discarded; the timed prefill runs once.
+      if (spec.warmup > 0) {
+        std::vector<std::vector<int32_t>> head;
+        for (const auto& p : prompts)
+          head.emplace_back(p.begin(), p.begin() + std::min<size_t>(p.size(), 512));
+        PrefillSnapshotOptions none;
+        none.attention_stats = false;
+        engine->prefill_snapshot(head, none);
+      }
+      Shared sh;
+      sh.snapshot = engine->prefill_snapshot(prompts, so);
+      SharedPrefill sp;
+      sp.n_prompt = c.n_prompt;
+      sp.batch = c.batch;
+      sp.n_ctx = c.n_ctx;
+      sp.source_policy = sh.snapshot.source_policy;
+      sp.kv_precision = sh.snapshot.kv_precision;
+      sp.prefill_s = sh.snapshot.prefill_seconds;
+      sp.stats_s = sh.snapshot.stats_seconds;
+      sp.capture_s = sh.snapshot.capture_seconds;
+      sp.bytes = sh.snapshot.bytes();
+      sh.index = static_cast<int>(ctx.shared.size());
+      ctx.shared.push_back(sp);
+      return &(snapshots[key] = std::move(sh));
+    };
+
     const int total = static_cast<int>(configs.size()) * (spec.warmup + spec.repetitions);
     Progress bar(progress || isatty(fileno(stderr)), total);
     int done = 0;
@@ -289,6 +383,16 @@ int main(int argc, char** argv) {
       if (c.window >= 0) lo.attention.window = c.window;
       if (c.k >= 0) lo.attention.k = c.k;
       if (!c.selection.empty()) lo.attention.selection = c.selection;
+      const std::string key = key_of(c);
+      Shared* sh = nullptr;
+      if (shared_prefill != "off" && uses[key] + (snapshots.count(key) ? 1 : 0) >= 2) {
+        if (snapshots.count(key))
+          sh = &snapshots[key];
+        else {
+          bar.update(done, c.label() + ": shared prefill");
+          sh = take_snapshot(c, key);
+        }
+      }
       bar.update(done, c.label() + ": loading");
       ConfigResult r;
       r.config = c;
@@ -323,20 +427,43 @@ int main(int argc, char** argv) {
       std::vector<std::vector<int32_t>> prompts;
       for (int i = 0; i < c.batch; ++i)
         prompts.push_back(random_prompt(c.n_prompt, info.vocab_size, seed + i));
+      if (sh) {
+        const std::string why = engine->restore_problem(sh->snapshot);
+        if (!why.empty()) {
+          bar.clear();
+          std::fprintf(stderr, "%s: its own prefill (%s)\n", c.label().c_str(), why.c_str());
+          sh = nullptr;
+        }
+      }
+      if (sh) {
+        r.shared_prefill = sh->index;
+        ++ctx.shared[sh->index].configs;
+      }
+      // Prefill and decode: from the shared snapshot or its own prefill.
+      auto generate = [&](const GenerateOptions& g) {
+        if (!sh) return engine->generate_batch(prompts, g);
+        std::vector<GenerationResult> out = engine->generate_batch(sh->snapshot, g);
+        ++ctx.shared[sh->index].runs;
+        ctx.shared[sh->index].restore_s += out[0].stats.prefill_seconds;
+        return out;
+      };
       for (int w = 0; w < spec.warmup; ++w) {
         bar.update(done, c.label() + ": warm-up");
         GenerateOptions g = gen;
         g.n_predict = std::min(spec.n_gen, 3);
-        engine->generate_batch(prompts, g);
+        generate(g);
         ++done;
       }
       for (int rep = 0; rep < spec.repetitions; ++rep) {
         bar.update(done, c.label() + ": run " + std::to_string(rep + 1) + "/" +
                              std::to_string(spec.repetitions));
         engine->reset_attention_stats();  // this repetition's counters (and trace) only
-        const std::vector<GenerationResult> out = engine->generate_batch(prompts, gen);
+        const std::vector<GenerationResult> out = generate(gen);
         RepResult rr;
-        rr.prefill_s = out[0].stats.prefill_seconds;
+        if (out[0].stats.prefill_restored)
+          rr.restore_s = out[0].stats.prefill_seconds;
+        else
+          rr.prefill_s = out[0].stats.prefill_seconds;
         rr.decode_s = out[0].stats.decode_seconds;
         rr.stats = engine->attention_stats();
         r.reps.push_back(std::move(rr));
@@ -344,6 +471,7 @@ int main(int argc, char** argv) {
       }
       if (!trace_path.empty()) r.trace = engine->attention_trace();
       engine.reset();  // free this configuration's weights and KV before the next load
+      if (--uses[key] == 0) snapshots.erase(key);  // its last configuration ran
       bar.clear();
       std::fputs(markdown_row(r, summarize(r, ctx)).c_str(), stdout);
       std::fflush(stdout);
@@ -352,6 +480,17 @@ int main(int argc, char** argv) {
     bar.update(done, "done");
     bar.clear();
     ctx.loadavg_end = proc_line("/proc/loadavg", "");
+    if (!ctx.shared.empty()) std::printf("\n");
+    for (size_t i = 0; i < ctx.shared.size(); ++i) {
+      const SharedPrefill& sp = ctx.shared[i];
+      std::printf(
+          "shared prefill #%zu: p=%d b=%d c=%d, policy %s (%s K/V), prefill %.3f s (%.1f t/s, "
+          "once; %.3f s of it the prompt statistics), capture %.3f s, %.1f MB; restored into %d "
+          "configuration(s), %d run(s), %.3f s in all; prefill time saved ~%.3f s\n",
+          i, sp.n_prompt, sp.batch, sp.n_ctx, sp.source_policy.c_str(), sp.kv_precision.c_str(),
+          sp.prefill_s, sp.prefill_s > 0 ? sp.batch * sp.n_prompt / sp.prefill_s : 0.0, sp.stats_s,
+          sp.capture_s, sp.bytes / 1e6, sp.configs, sp.runs, sp.restore_s, sp.saved_s());
+    }
     std::printf("\nload average at the end: %s\n", ctx.loadavg_end.c_str());
 
     const std::string command = joined_command(argc, argv);

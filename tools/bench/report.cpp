@@ -181,8 +181,9 @@ std::string markdown_row(const ConfigResult& r, const Summary& s) {
                     (s.window >= 0 ? std::to_string(s.window) : "-") + " | " +
                     (c.k >= 0 ? std::to_string(c.k) : "-") + " | " +
                     (c.selection.empty() ? "-" : c.selection) + " | ";
-  row += fmt_msd(s.prefill_tps, 1) + " | " + fmt_msd(s.decode_tps, 2) + " | " +
-         fmt_msd(s.ms_per_step, 2) + " | ";
+  row += (r.shared_prefill >= 0 ? "shared #" + std::to_string(r.shared_prefill)
+                                : fmt_msd(s.prefill_tps, 1)) +
+         " | " + fmt_msd(s.decode_tps, 2) + " | " + fmt_msd(s.ms_per_step, 2) + " | ";
   row += (s.floor_ms >= 0 ? fmt("%.2f", s.floor_ms) : "-") + " | ";
   row += (s.floor_ratio >= 0 ? fmt("%.2f", s.floor_ratio) : "-") + " | ";
   row += (st ? fmt_msd(s.device_ms, 2) : "-") + " | " + (st ? fmt_msd(s.cpu_ms, 2) : "-") + " | " +
@@ -262,6 +263,23 @@ std::string to_json(const RunContext& ctx, const std::string& command,
                 {"cpu_isa", m.cpu_isa},
                 {"kv_bytes_per_token", m.kv_bytes_per_token}};
   j["n_gen"] = ctx.n_gen;
+  ordered_json shared = ordered_json::array();
+  for (const SharedPrefill& sp : ctx.shared)
+    shared.push_back({{"n_prompt", sp.n_prompt},
+                      {"batch", sp.batch},
+                      {"n_ctx", sp.n_ctx},
+                      {"source_policy", sp.source_policy},
+                      {"kv_precision", sp.kv_precision},
+                      {"prefill_s", sp.prefill_s},
+                      {"prefill_tps", sp.prefill_s > 0 ? sp.batch * sp.n_prompt / sp.prefill_s : 0},
+                      {"stats_s", sp.stats_s},
+                      {"capture_s", sp.capture_s},
+                      {"bytes", sp.bytes},
+                      {"configs", sp.configs},
+                      {"runs", sp.runs},
+                      {"restore_s", sp.restore_s},
+                      {"saved_s", sp.saved_s()}});
+  j["shared_prefill"] = std::move(shared);
   ordered_json rows = ordered_json::array();
   for (const ConfigResult& r : results) {
     const Summary s = summarize(r, ctx);
@@ -277,6 +295,8 @@ std::string to_json(const RunContext& ctx, const std::string& command,
     o["selection"] = c.selection.empty() ? ordered_json(nullptr) : ordered_json(c.selection);
     o["label"] = c.label();
     o["load_s"] = r.load_s;
+    o["shared_prefill"] =
+        r.shared_prefill >= 0 ? ordered_json(r.shared_prefill) : ordered_json(nullptr);
     o["prefill_tps"] = json_msd(s.prefill_tps);
     o["decode_tps"] = json_msd(s.decode_tps);
     o["ms_per_step"] = json_msd(s.ms_per_step);
@@ -298,6 +318,7 @@ std::string to_json(const RunContext& ctx, const std::string& command,
     for (const RepResult& rep : r.reps) {
       const AttentionStats& a = rep.stats;
       ordered_json x = {{"prefill_s", rep.prefill_s}, {"decode_s", rep.decode_s}};
+      if (r.shared_prefill >= 0) x["restore_s"] = rep.restore_s;
       if (c.policy != "full")
         x["attention"] = {{"decode_steps", a.decode_steps},
                           {"layer_passes", a.layer_passes},

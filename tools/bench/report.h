@@ -13,8 +13,9 @@ namespace hybridgen::bench {
 
 // One timed generate_batch call.
 struct RepResult {
-  double prefill_s = 0, decode_s = 0;
-  AttentionStats stats;  // reset before the call: this repetition only
+  double prefill_s = 0, decode_s = 0;  // prefill_s 0: restored from the shared prefill
+  double restore_s = 0;                // the shared prefill's restore into this engine
+  AttentionStats stats;                // reset before the call: this repetition only
 };
 
 struct ConfigResult {
@@ -22,6 +23,27 @@ struct ConfigResult {
   double load_s = 0;  // Engine::load (weights included), outside every timing below
   std::vector<RepResult> reps;
   std::vector<StageEvent> trace;  // of the last repetition (--trace)
+  int shared_prefill = -1;        // index into RunContext::shared; -1: its own prefill
+};
+
+// One prefill that served several configurations of the same (model, context, batch[, window]):
+// taken once, restored into each configuration's engine before its warm-up and timed runs.
+struct SharedPrefill {
+  int n_prompt = 0, batch = 1, n_ctx = 0;
+  std::string source_policy, kv_precision;
+  double prefill_s = 0;  // the snapshot's prefill (forward passes), once
+  double stats_s = 0;    // of which the prompt statistics' extra pass
+  double capture_s = 0;  // copying the K/V and statistics out
+  uint64_t bytes = 0;    // the snapshot's K/V and statistics
+  int configs = 0;       // configurations restored from it
+  int runs = 0;          // warm-up and timed runs restored from it
+  double restore_s = 0;  // summed over those runs
+  // The prefill time those runs did not spend, estimated: each would have prefilled for about
+  // prefill_s - stats_s (the same prefill without the statistics' pass), against the one
+  // snapshot (prefill, capture) and the restores.
+  double saved_s() const {
+    return runs * (prefill_s - stats_s) - prefill_s - capture_s - restore_s;
+  }
 };
 
 // What every row is measured against: the run's ceilings and the model.
@@ -36,6 +58,7 @@ struct RunContext {
   int cores = 0;         // online CPUs
   // /proc/loadavg before and after the runs: on a shared machine, other work shows up here.
   std::string loadavg_start, loadavg_end;
+  std::vector<SharedPrefill> shared;  // empty: --no-shared-prefill, or nothing to share
 };
 
 struct MeanSd {

@@ -94,6 +94,77 @@ elseif(MODE STREQUAL "trace")
     endif()
   endforeach()
   message(STATUS "bench trace ok: ${n_events} events")
+elseif(MODE STREQUAL "shared")
+  # Default (--shared-prefill window): one prefill per device window, restored into each policy
+  # of it: hybrid, h2o, keyformer share the 10% window's, aog and aoc window 0's; full prefills
+  # itself (alone in its group).
+  set(json ${OUT}/bench-shared.json)
+  file(REMOVE ${json})
+  execute_process(COMMAND ${BENCH} ${common} --policy full,hybrid,h2o,keyformer,aog,aoc -p 24
+                          -b 2 --json ${json}
+                  OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "hybridgen-bench exited ${rc}:\n${out}\n${err}")
+  endif()
+  string(REGEX MATCHALL "\n\\| [a-z0-9]+ \\| 24 \\| 2 \\|[^\n]*shared #[01] \\|" rows "${out}")
+  list(LENGTH rows n_rows)
+  if(NOT n_rows EQUAL 5 OR NOT out MATCHES "shared prefill #0: p=24 b=2 c=28, policy hybrid "
+     OR NOT out MATCHES "shared prefill #1: p=24 b=2 c=28, policy aog ")
+    message(FATAL_ERROR "expected 5 rows from shared prefills #0 and #1 and their lines:\n${out}")
+  endif()
+  file(READ ${json} text)
+  string(JSON n_shared LENGTH "${text}" shared_prefill)
+  string(JSON configs0 GET "${text}" shared_prefill 0 configs)
+  string(JSON runs0 GET "${text}" shared_prefill 0 runs)
+  string(JSON configs1 GET "${text}" shared_prefill 1 configs)
+  string(JSON prefill_s GET "${text}" shared_prefill 0 prefill_s)
+  string(JSON saved GET "${text}" shared_prefill 0 saved_s)
+  string(JSON full_shared GET "${text}" results 0 shared_prefill)
+  string(JSON which GET "${text}" results 5 shared_prefill)
+  string(JSON steps GET "${text}" results 2 reps 1 attention decode_steps)
+  string(JSON restore GET "${text}" results 2 reps 1 restore_s)
+  # 3 configurations x (1 warm-up + 2 timed runs)
+  if(NOT n_shared EQUAL 2 OR NOT configs0 EQUAL 3 OR NOT runs0 EQUAL 9 OR NOT configs1 EQUAL 2
+     OR prefill_s LESS_EQUAL 0 OR NOT (full_shared STREQUAL "" OR full_shared STREQUAL "null") OR NOT which EQUAL 1
+     OR NOT steps EQUAL 3 OR restore LESS_EQUAL 0)
+    message(FATAL_ERROR "${json}: unexpected shared prefill (${n_shared} shared, ${configs0} + "
+                        "${configs1} configurations, ${runs0} runs, prefill ${prefill_s} s, "
+                        "full's ${full_shared}, aoc's ${which}, decode steps ${steps}, restore "
+                        "${restore} s)")
+  endif()
+  # --shared-prefill context: one exact float32 prefill (policy full) for every policy.
+  file(REMOVE ${json})
+  execute_process(COMMAND ${BENCH} ${common} --policy full,h2o,aog -p 24 --shared-prefill context
+                          --json ${json}
+                  OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "hybridgen-bench --shared-prefill context exited ${rc}:\n${out}\n${err}")
+  endif()
+  file(READ ${json} text)
+  string(JSON n_shared LENGTH "${text}" shared_prefill)
+  string(JSON configs GET "${text}" shared_prefill 0 configs)
+  string(JSON source GET "${text}" shared_prefill 0 source_policy)
+  string(JSON precision GET "${text}" shared_prefill 0 kv_precision)
+  if(NOT n_shared EQUAL 1 OR NOT configs EQUAL 3 OR NOT source STREQUAL "full"
+     OR NOT precision STREQUAL "f32")
+    message(FATAL_ERROR "--shared-prefill context: ${n_shared} shared, ${configs} configurations, "
+                        "from ${source} (${precision})")
+  endif()
+  file(REMOVE ${json})
+  execute_process(COMMAND ${BENCH} ${common} --policy h2o,keyformer -p 24 --no-shared-prefill
+                          --json ${json}
+                  OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "hybridgen-bench --no-shared-prefill exited ${rc}:\n${out}\n${err}")
+  endif()
+  file(READ ${json} text)
+  string(JSON n_shared LENGTH "${text}" shared_prefill)
+  string(JSON own_s GET "${text}" results 1 reps 0 prefill_s)
+  if(NOT n_shared EQUAL 0 OR own_s LESS_EQUAL 0 OR out MATCHES "shared")
+    message(FATAL_ERROR "--no-shared-prefill still shared (${n_shared}, prefill ${own_s}):\n"
+                        "${out}")
+  endif()
+  message(STATUS "bench shared prefill ok: prefill ${prefill_s} s once, ~${saved} s saved")
 else()
   message(FATAL_ERROR "smoke-test.cmake: unknown MODE ${MODE}")
 endif()
