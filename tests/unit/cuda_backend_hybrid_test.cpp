@@ -273,8 +273,9 @@ TEST(CudaBackendHybridPolicies, EveryPolicyDecodes40StepsLikeTheCpuBackend) {
       EXPECT_EQ(b.passes_pre_qkt, a.passes_pre_qkt) << p;
       EXPECT_GE(same, speculative ? 32 : 36)
           << p << (speculative ? " speculative" : " exact query");
-      if (speculative && std::string(p) == "hybrid")  // the GPU's speculative query is the CPU's
+      if (speculative && std::string(p) == "hybrid") {  // the GPU's speculative query is the CPU's
         EXPECT_NEAR(b.speculation_cosine, a.speculation_cosine, 0.02);
+      }
       std::printf(
           "[ %s, %s query ] greedy token equal to the CPU backend's at %d/40 steps; "
           "T_gpu %.3g s, T_cpu %.3g s, T_tx %.3g s\n",

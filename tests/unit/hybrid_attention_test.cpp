@@ -564,8 +564,9 @@ TEST(HybridAttention, EverySelectivePathEqualsExactAttentionOverItsSelection) {
         EXPECT_EQ(compare.bad, 0);
         EXPECT_EQ(compare.compared, int64_t(steps + 1) * cfg.n_layers);
         EXPECT_GT(selective, int64_t(steps) * cfg.n_layers) << "the selection must drop tokens";
-        if (acc != Accumulated::kNone && model != "tiny-mistral")  // (sliding window: positional)
+        if (acc != Accumulated::kNone && model != "tiny-mistral") {  // (sliding window: positional)
           EXPECT_GT(ref.selections_checked, int64_t(steps) * cfg.n_layers);
+        }
         const AttentionStats st = hybrid.stats();
         EXPECT_EQ(st.cpu_logits, runtime::logits_on_name(mode));
         const uint64_t staged_k = st.key_bytes_moved;
