@@ -7,8 +7,8 @@
 
 #include "cpu/gemv.h"
 #include "cpu/isa.h"
-#include "cpu/quant_gemv.h"
-#include "cpu/quant_gemv16.h"
+#include "cpu/quant/quant_gemv.h"
+#include "cpu/quant/quant_gemv16.h"
 #include "cpu/vec.h"
 #include "model/dequant.h"
 #include "util/check.h"

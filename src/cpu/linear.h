@@ -10,8 +10,8 @@
 namespace hybridgen::cpu {
 
 // kQuant: GGUF blocks kept as stored, decode activations quantized to int16 per block of 32
-// (cpu/quant_gemv16.h; --weight-format native). kQuantQ8: the same blocks with llama.cpp's
-// 8-bit activations (cpu/quant_gemv.h; --weight-format native-q8).
+// (cpu/quant/quant_gemv16.h; --weight-format native). kQuantQ8: the same blocks with llama.cpp's
+// 8-bit activations (cpu/quant/quant_gemv.h; --weight-format native-q8).
 enum class WeightType { kF32, kBF16, kQuant, kQuantQ8 };
 inline bool is_quant(WeightType t) { return t == WeightType::kQuant || t == WeightType::kQuantQ8; }
 

@@ -1,4 +1,4 @@
-// The 16-bit-activation quantized GEMV (cpu/quant_gemv16.h) on every path this CPU can run,
+// The 16-bit-activation quantized GEMV (cpu/quant/quant_gemv16.h) on every path this CPU can run,
 // whatever HYBRIDGEN_CPU_ISA says, every native type, against two double-precision references
 // of the weights dequantized by model/dequant (bit-exact with gguf-py, dequant_test):
 //  * W x̂ with x̂ = d q the quantized activations: the kernels' only error is float32
@@ -10,7 +10,7 @@
 // Weights with f16 scales and mins at their extremes (+-65504, 2^-24, 0, random finite bit
 // patterns), sub-block scales at their extremes; activations with zero blocks, blocks of
 // 1e-3 and 30, single 1e4 outliers.
-#include "cpu/quant_gemv16.h"
+#include "cpu/quant/quant_gemv16.h"
 
 #include <gtest/gtest.h>
 
@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "cpu/gemv.h"
-#include "cpu/quant_kernels.h"
+#include "cpu/quant/quant_kernels.h"
 #include "hybridgen/error.h"
 #include "model/dequant.h"
 

@@ -5,7 +5,7 @@
 // are folded into the int16 weights first). The relative rounding step of an activation is
 // 1/65534 of its block's largest value, 258x finer than llama.cpp's Q8 (1/254): near-float
 // results, which is what --weight-format native (and auto) runs; native-q8 keeps llama.cpp's
-// 8-bit activations (cpu/quant_gemv.h).
+// 8-bit activations (cpu/quant/quant_gemv.h).
 //
 // One activation format serves every weight type (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K), so a fused
 // projection of mixed types (Q|K|V of a Q4_K_M file) quantizes its input once. Exactness of
@@ -17,7 +17,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "cpu/quant_gemv.h"
+#include "cpu/quant/quant_gemv.h"
 
 namespace hybridgen::cpu {
 

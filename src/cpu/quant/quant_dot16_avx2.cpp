@@ -8,26 +8,13 @@
 
 #include <cstring>
 
-#include "cpu/quant_kernels.h"
-#include "cpu/quant_kernels16.h"
+#include "cpu/quant/quant_kernels.h"
+#include "cpu/quant/quant_kernels16.h"
+#include "cpu/quant/simd_helpers.h"
 
 namespace hybridgen::cpu::quant {
 
 namespace {
-
-#define HG_AVX2 __attribute__((target("avx2,fma,f16c")))
-
-HG_AVX2 inline float f16c(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
-}
-
-HG_AVX2 inline float hsum(__m256 v) {
-  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
-}
 
 HG_AVX2 inline __m256i load16(const int16_t* p) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));

@@ -5,7 +5,7 @@
 #include <cstdint>
 
 #include "cpu/gemv.h"
-#include "cpu/quant_gemv16.h"
+#include "cpu/quant/quant_gemv16.h"
 
 namespace hybridgen::cpu::quant {
 

@@ -5,8 +5,8 @@
 //   Q4_1: d_w d_x sum q x + m_w d_x sum x
 //   Q4_K: sub-block j (32): d sc_j d_x sum q x - dmin m_j d_x sum x
 //   Q6_K: per 32 (two sub-blocks of 16): d d_x sum sc_g (q - 32) x
-#include "cpu/quant_kernels.h"
-#include "cpu/quant_kernels16.h"
+#include "cpu/quant/quant_kernels.h"
+#include "cpu/quant/quant_kernels16.h"
 
 namespace hybridgen::cpu::quant {
 

@@ -1,12 +1,12 @@
 // The 16-bit-activation quantized GEMV's dispatch (the path as quant_gemv.cpp picks it) and
 // its OpenMP split over rows.
-#include "cpu/quant_gemv16.h"
+#include "cpu/quant/quant_gemv16.h"
 
 #include <algorithm>
 #include <string>
 
 #include "cpu/gemv.h"
-#include "cpu/quant_kernels16.h"
+#include "cpu/quant/quant_kernels16.h"
 #include "util/check.h"
 
 namespace hybridgen::cpu {
