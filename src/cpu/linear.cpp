@@ -1,14 +1,15 @@
 #include "cpu/linear.h"
 
 #include <algorithm>
+#include <cstring>
 #include <dnnl.hpp>
 #include <mutex>
 #include <unordered_map>
 
 #include "cpu/gemv.h"
 #include "cpu/isa.h"
-#include "cpu/quant_gemv.h"
-#include "cpu/quant_gemv16.h"
+#include "cpu/quant/quant_gemv.h"
+#include "cpu/quant/quant_gemv16.h"
 #include "cpu/vec.h"
 #include "model/dequant.h"
 #include "util/check.h"
@@ -88,10 +89,25 @@ Linear::Linear(int in, std::vector<QuantPart> parts, std::vector<float> bias, We
                                         dtype_block_bytes(p.type),
              "Linear: quantized part of " + std::to_string(p.rows) + " rows has " +
                  std::to_string(p.blocks.size()) + " bytes");
+    HG_CHECK(!p.rows4, "Linear: quantized parts must be given in GGUF row order");
     out_ += p.rows;
   }
   HG_CHECK(bias_.empty() || bias_.size() == static_cast<size_t>(out_),
            "Linear: bias size mismatch");
+  if (type_ == WeightType::kQuant)
+    for (QuantPart& p : parts_)
+      if (quant16_r4_preferred(p.type)) {
+        p.blocks = repack_rows4(p.type, p.blocks.data(), p.rows, in_);
+        p.rows4 = true;
+      }
+}
+
+void Linear::part_row(const QuantPart& p, int r, uint8_t* out) const {
+  const int64_t rb = in_ / dtype_block_size(p.type) * dtype_block_bytes(p.type);
+  if (p.rows4)
+    unpack_row4(p.type, p.blocks.data(), r, in_, out);
+  else
+    std::memcpy(out, p.blocks.data() + r * rb, size_t(rb));
 }
 
 Linear::Linear() = default;
@@ -110,8 +126,9 @@ std::vector<float> Linear::weight_row(int r) const {
   if (is_quant(type_)) {
     for (const QuantPart& p : parts_) {
       if (r < p.rows) {
-        const int64_t rb = in_ / dtype_block_size(p.type) * dtype_block_bytes(p.type);
-        dequantize(p.type, p.blocks.data() + r * rb, row.data(), in_);
+        std::vector<uint8_t> blocks(in_ / dtype_block_size(p.type) * dtype_block_bytes(p.type));
+        part_row(p, r, blocks.data());
+        dequantize(p.type, blocks.data(), row.data(), in_);
         return row;
       }
       r -= p.rows;
@@ -141,7 +158,10 @@ void Linear::forward_quant_gemv(const float* x, float* y, int m, int n_rows) con
     if (type_ == WeightType::kQuant && quant_gemv16_supports(p.type)) {
       if (!filled16) quantize_activations16(x, m, in_, &act16);
       filled16 = true;
-      gemv_quant16(p.type, p.blocks.data(), act16, bias, y + row0, n_rows, rows);
+      if (p.rows4)
+        gemv_quant16_r4(p.type, p.blocks.data(), act16, bias, y + row0, n_rows, rows);
+      else
+        gemv_quant16(p.type, p.blocks.data(), act16, bias, y + row0, n_rows, rows);
       row0 += p.rows;
       continue;
     }
@@ -171,8 +191,16 @@ void Linear::forward_quant_panels(const float* x, float* y, int m) const {
     for (int n0 = 0; n0 < p.rows; n0 += rows) {
       const int np = std::min(rows, p.rows - n0);
 #pragma omp parallel for schedule(static)
-      for (int r = 0; r < np; ++r)
-        dequantize(p.type, p.blocks.data() + (n0 + r) * rb, panel.data() + size_t(r) * in_, in_);
+      for (int r = 0; r < np; ++r) {
+        if (!p.rows4) {
+          dequantize(p.type, p.blocks.data() + (n0 + r) * rb, panel.data() + size_t(r) * in_, in_);
+          continue;
+        }
+        thread_local std::vector<uint8_t> blocks;
+        blocks.resize(size_t(rb));
+        unpack_row4(p.type, p.blocks.data(), n0 + r, in_, blocks.data());
+        dequantize(p.type, blocks.data(), panel.data() + size_t(r) * in_, in_);
+      }
       const dnnl::status st = dnnl::sgemm('N', 'T', m, np, in_, 1.f, x, in_, panel.data(), in_, 0.f,
                                           y + row0 + n0, out_);
       if (st != dnnl::status::success)

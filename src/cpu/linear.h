@@ -10,8 +10,8 @@
 namespace hybridgen::cpu {
 
 // kQuant: GGUF blocks kept as stored, decode activations quantized to int16 per block of 32
-// (cpu/quant_gemv16.h; --weight-format native). kQuantQ8: the same blocks with llama.cpp's
-// 8-bit activations (cpu/quant_gemv.h; --weight-format native-q8).
+// (cpu/quant/quant_gemv16.h; --weight-format native). kQuantQ8: the same blocks with llama.cpp's
+// 8-bit activations (cpu/quant/quant_gemv.h; --weight-format native-q8).
 enum class WeightType { kF32, kBF16, kQuant, kQuantQ8 };
 inline bool is_quant(WeightType t) { return t == WeightType::kQuant || t == WeightType::kQuantQ8; }
 
@@ -20,6 +20,10 @@ struct QuantPart {
   DType type = DType::kQ8_0;
   int rows = 0;
   std::vector<uint8_t> blocks;
+  // blocks holds rows interleaved by four (cpu::repack_rows4) instead of GGUF's row-major
+  // blocks: Linear repacks kQuant parts at load where quant16_r4_preferred(type). The parts
+  // given to Linear are always in GGUF order.
+  bool rows4 = false;
 };
 
 class Linear {
@@ -66,6 +70,8 @@ class Linear {
   const std::vector<QuantPart>& quant_parts() const { return parts_; }
 
  private:
+  // Row r (< p.rows) of part p as GGUF stores it.  out: [in / block * block_bytes]
+  void part_row(const QuantPart& p, int r, uint8_t* out) const;
   // The GEMV over quantized parts, output rows [0, n_rows):  x: [m, in] -> y: [m, n_rows]
   void forward_quant_gemv(const float* x, float* y, int m, int n_rows) const;
   struct Impl;

@@ -2,7 +2,7 @@
 
 #include <filesystem>
 
-#include "cpu/quant_gemv.h"
+#include "cpu/quant/quant_gemv.h"
 #include "model/dequant.h"
 #include "model/gguf.h"
 #include "model/gguf_vocab.h"

@@ -4,8 +4,8 @@
 #include <cstring>
 #include <set>
 
-#include "cpu/quant_gemv.h"
-#include "cpu/quant_gemv16.h"
+#include "cpu/quant/quant_gemv.h"
+#include "cpu/quant/quant_gemv16.h"
 #include "util/check.h"
 #include "util/log.h"
 

@@ -62,7 +62,7 @@ class TensorSource {
 enum class Naming { kHuggingFace, kGguf };
 
 // type kQuant keeps every projection whose tensors are all stored in a type with a native
-// GEMV (cpu/quant_gemv.h) as stored; the others are dequantized to bf16, with a log line
+// GEMV (cpu/quant/quant_gemv.h) as stored; the others are dequantized to bf16, with a log line
 // naming the tensor and its type.
 ModelWeights load_weights(const ModelConfig& config, const TensorSource& source, Naming naming,
                           cpu::WeightType type);

@@ -24,8 +24,8 @@
 
 #include "cpu/gemv.h"
 #include "cpu/linear.h"
-#include "cpu/quant_gemv.h"
-#include "cpu/quant_gemv16.h"
+#include "cpu/quant/quant_gemv.h"
+#include "cpu/quant/quant_gemv16.h"
 #include "hybridgen/engine.h"
 #include "model/dequant.h"
 

@@ -1,4 +1,4 @@
-// The 16-bit-activation quantized GEMV (cpu/quant_gemv16.h) on every path this CPU can run,
+// The 16-bit-activation quantized GEMV (cpu/quant/quant_gemv16.h) on every path this CPU can run,
 // whatever HYBRIDGEN_CPU_ISA says, every native type, against two double-precision references
 // of the weights dequantized by model/dequant (bit-exact with gguf-py, dequant_test):
 //  * W x̂ with x̂ = d q the quantized activations: the kernels' only error is float32
@@ -10,7 +10,7 @@
 // Weights with f16 scales and mins at their extremes (+-65504, 2^-24, 0, random finite bit
 // patterns), sub-block scales at their extremes; activations with zero blocks, blocks of
 // 1e-3 and 30, single 1e4 outliers.
-#include "cpu/quant_gemv16.h"
+#include "cpu/quant/quant_gemv16.h"
 
 #include <gtest/gtest.h>
 
@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "cpu/gemv.h"
-#include "cpu/quant_kernels.h"
+#include "cpu/quant/quant_kernels.h"
 #include "hybridgen/error.h"
 #include "model/dequant.h"
 
@@ -214,6 +214,67 @@ TEST(QuantGemv16, EveryPathEveryTypeMatchesDoubleReference) {
       }
     }
   }
+}
+
+// Rows interleaved by four (repack_rows4): the round trip gives GGUF's bytes back, and the
+// interleaved kernels of every path meet the same two references as the row-major ones, on
+// row counts that leave a last group of 1..3 rows (padded) and chunk edges inside groups' reach.
+TEST(QuantGemv16, InterleavedRowsMatchDoubleReference) {
+  std::mt19937 rng(4444);
+  const std::vector<QuantPath> paths = quant_paths_this_cpu_has();
+  for (const Layout& L : kLayouts) {
+    if (!quant16_r4_supports(L.t)) continue;
+    for (int in : {32, 96, 576}) {
+      for (int rows : {1, 67, 130, 4}) {
+        const std::vector<uint8_t> w = random_blocks(L, rows, in, rng);
+        const std::vector<uint8_t> packed = repack_rows4(L.t, w.data(), rows, in);
+        const int64_t rb = in / 32 * dtype_block_bytes(L.t);
+        ASSERT_EQ(packed.size(), size_t((rows + 3) / 4) * 4 * rb);
+        std::vector<uint8_t> back(rb);
+        for (int o = 0; o < rows; ++o) {
+          unpack_row4(L.t, packed.data(), o, in, back.data());
+          ASSERT_EQ(0, std::memcmp(back.data(), w.data() + o * rb, rb))
+              << dtype_name(L.t) << " row " << o;
+        }
+        std::vector<float> W(size_t(rows) * in);
+        dequantize(L.t, w.data(), W.data(), int64_t(rows) * in);
+        for (int m = 1; m <= kGemvMaxRows; ++m) {
+          const std::vector<float> x = random_activations(m, in, rng);
+          QuantActivations16 xq;
+          quantize_activations16(x.data(), m, in, &xq);
+          const Ref R = reference(L, W, w, x, xq, rows);
+          std::vector<float> bias(rows);
+          for (int o = 0; o < rows; ++o) bias[o] = 0.125f * float(o % 3) - 0.25f;
+          for (QuantPath p : paths) {
+            SCOPED_TRACE(std::string(dtype_name(L.t)) + " r4 in " + std::to_string(in) + " rows " +
+                         std::to_string(rows) + " m " + std::to_string(m) + " path " +
+                         quant_path_name(p));
+            const int ldy = rows + 5;
+            std::vector<float> y(size_t(m) * ldy, -777.f);
+            gemv_quant16_r4_on(p, L.t, packed.data(), xq, bias.data(), y.data(), ldy, rows);
+            int bad = 0;
+            for (int r = 0; r < m; ++r) {
+              for (int o = 0; o < rows; ++o) {
+                const size_t i = size_t(r) * rows + o;
+                const double got = y[size_t(r) * ldy + o] - double(bias[o]);
+                if (!(std::fabs(got - R.exact_q[i]) <= R.slack[i]) && ++bad <= 3)
+                  ADD_FAILURE() << "y[" << r << "," << o << "] = " << got << ", W x̂ "
+                                << R.exact_q[i] << " (slack " << R.slack[i] << ")";
+                if (!(std::fabs(got - R.exact_x[i]) <= R.round[i] + R.slack[i]) && ++bad <= 3)
+                  ADD_FAILURE() << "y[" << r << "," << o << "] = " << got << ", W x "
+                                << R.exact_x[i] << " (bound " << R.round[i] + R.slack[i] << ")";
+              }
+              for (int o = rows; o < ldy; ++o)  // the padded rows are not written
+                EXPECT_EQ(y[size_t(r) * ldy + o], -777.f);
+            }
+            EXPECT_EQ(bad, 0);
+          }
+        }
+      }
+    }
+  }
+  EXPECT_THROW(repack_rows4(DType::kQ4_K, nullptr, 4, 256), Error);
+  EXPECT_THROW(repack_rows4(DType::kQ4_1, nullptr, 4, 40), Error);
 }
 
 // The activation blocks: d = amax / 32767 (a subnormal d rounded up), |q| <= 32767,

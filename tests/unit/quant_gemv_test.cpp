@@ -1,11 +1,11 @@
-// The quantized GEMV (cpu/quant_gemv.h) on every path this CPU can run, whatever
+// The quantized GEMV (cpu/quant/quant_gemv.h) on every path this CPU can run, whatever
 // HYBRIDGEN_CPU_ISA says, against a double-precision dequantize-then-multiply reference: the
 // weights dequantized by model/dequant (bit-exact with gguf-py, dequant_test), the activations
 // as their quantized blocks say (d * q; for Q4_1 the block sums as Q8_1's s defines them).
 // Random blocks with f16 scales and mins at their extremes (+-65504, 2^-24, 0, random finite
 // bit patterns), sub-block scales at their extremes, activation blocks all zero or dominated
 // by one value.
-#include "cpu/quant_gemv.h"
+#include "cpu/quant/quant_gemv.h"
 
 #include <gtest/gtest.h>
 

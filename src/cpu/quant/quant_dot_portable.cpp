@@ -3,7 +3,7 @@
 // reference the SIMD paths are read against.
 #include <cstring>
 
-#include "cpu/quant_kernels.h"
+#include "cpu/quant/quant_kernels.h"
 #include "model/dequant.h"
 
 namespace hybridgen::cpu::quant {

@@ -5,8 +5,9 @@
 #include <cmath>
 #include <cstring>
 
-#include "cpu/quant_gemv.h"
-#include "cpu/quant_kernels.h"
+#include "cpu/quant/quant_gemv.h"
+#include "cpu/quant/quant_kernels.h"
+#include "cpu/quant/simd_helpers.h"
 #include "model/dequant.h"
 #include "util/check.h"
 
@@ -74,13 +75,7 @@ int quant_act_block(DType t) {
 
 namespace {
 
-// ggml's nearest_int (round half to even through the 1.5 * 2^23 trick).
-inline int nearest_int(float f) {
-  float v = f + 12582912.f;
-  int i;
-  std::memcpy(&i, &v, 4);
-  return (i & 0x007fffff) - 0x00400000;
-}
+using quant::nearest_int;
 
 // One row into blocks of 32 (block_q8_0 / block_q8_1).
 //   x: [in];  q: [in];  d, s, isum: [in / 32]

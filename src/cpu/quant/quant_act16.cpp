@@ -1,4 +1,4 @@
-// The 16-bit activation quantization of the quantized GEMV (cpu/quant_gemv16.h): per block of
+// The 16-bit activation quantization of the quantized GEMV (cpu/quant/quant_gemv16.h): per block of
 // 32, d = amax / 32767 in float32 and q = round-half-even(x * 32767 / amax), clamped to
 // +-32767 (never -32768: VPMADDWD's one overflow is (-32768)^2 * 2); below amax ~1e-34, where
 // 32767 / amax overflows float, d is the subnormal just above amax / 32767. Scalar but written so
@@ -9,20 +9,15 @@
 #include <cstring>
 #include <string>
 
-#include "cpu/quant_gemv16.h"
+#include "cpu/quant/quant_gemv16.h"
+#include "cpu/quant/simd_helpers.h"
 #include "util/check.h"
 
 namespace hybridgen::cpu {
 
 namespace {
 
-// Round half to even through the 1.5 * 2^23 trick (|f| < 2^22).
-inline int nearest_int(float f) {
-  float v = f + 12582912.f;
-  int i;
-  std::memcpy(&i, &v, 4);
-  return (i & 0x007fffff) - 0x00400000;
-}
+using quant::nearest_int;
 
 //   x: [in];  q: [in];  d, isum: [in / 32]
 void quantize_row16(const float* x, int in, int16_t* q, float* d, int32_t* isum) {

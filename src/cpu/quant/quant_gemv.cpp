@@ -1,10 +1,10 @@
 // The quantized GEMV's dispatch: which path a machine takes, and the OpenMP split over rows.
-#include "cpu/quant_gemv.h"
+#include "cpu/quant/quant_gemv.h"
 
 #include <string>
 
 #include "cpu/gemv.h"
-#include "cpu/quant_kernels.h"
+#include "cpu/quant/quant_kernels.h"
 #include "util/check.h"
 
 namespace hybridgen::cpu {

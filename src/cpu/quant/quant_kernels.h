@@ -4,7 +4,7 @@
 #include <cstdint>
 
 #include "cpu/gemv.h"
-#include "cpu/quant_gemv.h"
+#include "cpu/quant/quant_gemv.h"
 
 namespace hybridgen::cpu::quant {
 

@@ -5,7 +5,7 @@
 #include <cstdint>
 
 #include "cpu/gemv.h"
-#include "cpu/quant_gemv16.h"
+#include "cpu/quant/quant_gemv16.h"
 
 namespace hybridgen::cpu::quant {
 
@@ -17,6 +17,9 @@ using Rows16Fn = void (*)(const uint8_t* w, int64_t row_bytes, const QuantActiva
 // Every path has a kernel for every native type.
 struct Kernels16 {
   Rows16Fn q4_0 = nullptr, q4_1 = nullptr, q8_0 = nullptr, q4_k = nullptr, q6_k = nullptr;
+  // Rows interleaved by four (repack_rows4): w is the repacked buffer, rb the GGUF row bytes;
+  // PRECOND: o0 % 4 == 0. nullptr where the path has none (the avx2 kernel runs instead).
+  Rows16Fn q4_0_r4 = nullptr, q4_1_r4 = nullptr, q8_0_r4 = nullptr;
 };
 Kernels16 portable_kernels16();
 Kernels16 avx2_kernels16();

@@ -11,15 +11,14 @@
 
 #include <cstring>
 
-#include "cpu/quant_kernels.h"
+#include "cpu/quant/quant_kernels.h"
+#include "cpu/quant/simd_helpers.h"
 
 namespace hybridgen::cpu::quant {
 
 namespace {
 
 enum Fmt { kQ4_0, kQ4_1, kQ8_0 };
-
-#define HG_AVX512_BASE "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"
 
 // A block's 32 weights as bytes: Q8_0 as stored, Q4_0 / Q4_1 nibbles unpacked (low nibbles
 // are elements 0..15), Q4_0 with its offset 8 taken off.
@@ -34,12 +33,6 @@ __attribute__((target(HG_AVX512_BASE))) inline __m256i load_w(const uint8_t* blk
         _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m4), _mm_and_si128(b, m4));
     return F == kQ4_0 ? _mm256_sub_epi8(u, _mm256_set1_epi8(8)) : u;
   }
-}
-
-__attribute__((target(HG_AVX512_BASE))) inline float f16h(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
 }
 
 // The body is shared by the VNNI and the plain AVX-512BW kernels; only the instruction that
@@ -66,7 +59,7 @@ __attribute__((target(HG_AVX512_BASE))) inline float f16h(const uint8_t* p) {
         const uint8_t* b1 = b0 + kBytes;                                                           \
         const __m512i wv =                                                                         \
             _mm512_inserti64x4(_mm512_castsi256_si512(load_w<F>(b0)), load_w<F>(b1), 1);           \
-        const float d0 = f16h(b0), d1 = f16h(b1);                                                  \
+        const float d0 = f16c(b0), d1 = f16c(b1);                                                  \
         const __m512i uw = F == kQ4_1 ? wv : _mm512_abs_epi8(wv);                                  \
         const __mmask64 neg = F == kQ4_1 ? 0 : _mm512_movepi8_mask(wv);                            \
         for (int r = 0; r < m; ++r) {                                                              \
@@ -80,7 +73,7 @@ __attribute__((target(HG_AVX512_BASE))) inline float f16h(const uint8_t* p) {
           acc[r][p & 1] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(s32), acc[r][p & 1]);          \
           if constexpr (F == kQ4_1) {                                                              \
             const float* xs = x.s.data() + r * nb + b;                                             \
-            tail[r] += f16h(b0 + 2) * xs[0] + f16h(b1 + 2) * xs[1];                                \
+            tail[r] += f16c(b0 + 2) * xs[0] + f16c(b1 + 2) * xs[1];                                \
           }                                                                                        \
         }                                                                                          \
       }                                                                                            \
@@ -96,8 +89,8 @@ __attribute__((target(HG_AVX512_BASE))) inline float f16h(const uint8_t* p) {
           const __m256i h = _mm256_hadd_epi32(p32, p32);                                           \
           const __m256i h2 = _mm256_hadd_epi32(h, h);                                              \
           const int sumi = _mm256_extract_epi32(h2, 0) + _mm256_extract_epi32(h2, 4);              \
-          tail[r] += f16h(b0) * x.d[r * nb + b] * static_cast<float>(sumi);                        \
-          if constexpr (F == kQ4_1) tail[r] += f16h(b0 + 2) * x.s[r * nb + b];                     \
+          tail[r] += f16c(b0) * x.d[r * nb + b] * static_cast<float>(sumi);                        \
+          if constexpr (F == kQ4_1) tail[r] += f16c(b0 + 2) * x.s[r * nb + b];                     \
         }                                                                                          \
       }                                                                                            \
       for (int r = 0; r < m; ++r)                                                                  \

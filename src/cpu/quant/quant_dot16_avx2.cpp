@@ -8,26 +8,13 @@
 
 #include <cstring>
 
-#include "cpu/quant_kernels.h"
-#include "cpu/quant_kernels16.h"
+#include "cpu/quant/quant_kernels.h"
+#include "cpu/quant/quant_kernels16.h"
+#include "cpu/quant/simd_helpers.h"
 
 namespace hybridgen::cpu::quant {
 
 namespace {
-
-#define HG_AVX2 __attribute__((target("avx2,fma,f16c")))
-
-HG_AVX2 inline float f16c(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
-}
-
-HG_AVX2 inline float hsum(__m256 v) {
-  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
-}
 
 HG_AVX2 inline __m256i load16(const int16_t* p) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
@@ -84,6 +71,90 @@ HG_AVX2 void rows_b32(const uint8_t* w, int64_t rb, const QuantActivations16& x,
     }
     for (int r = 0; r < m; ++r)
       y[int64_t(r) * ldy + o] = hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + acc_m[r];
+  }
+}
+
+// Rows interleaved by four (repack_rows4, quant_gemv16.h): per block, the four rows' f16
+// scales widened by one VCVTPH2PS, each row's 32 weights widened to int16 (Q4: one VPMOVZXBW
+// of the 16 bytes, low nibble by AND, high nibble by a 4-bit shift of the word; Q8_0: two
+// VPMOVSXBW), the activation block loaded once for the four rows, and the four rows' 8-lane
+// VPMADDWD sums reduced by three VPHADDD into one int32 per row, exact (Q8_0: at most
+// 32 * 128 * 32767 < 2^31), converted and scaled by one FMA for the four rows. Q4_0's offset
+// comes off the integer sums (sum (q - 8) x = sum q x - 8 sum x, exact), Q4_1's mins take one
+// FMA per four rows.
+// M (= x.m) is a template argument so that, for decode's M = 1, the four rows' weights, sums
+// and the accumulators stay in registers (a run-time row loop spilled them to the stack).
+template <Fmt F, int M>
+HG_AVX2 void rows_b32_r4_m(const uint8_t* w, int64_t rb, const QuantActivations16& x, float* y,
+                           int ldy, int o0, int o1) {
+  constexpr int kQ = F == kQ8_0 ? 32 : 16;  // quant bytes per row and block
+  constexpr int kS = F == kQ4_1 ? 16 : 8;   // f16 fields of the four rows per block
+  constexpr int kGroup = kS + 4 * kQ;       // bytes per block of a group of four rows
+  const int nb = x.in / 32;
+  const __m256i m4 = _mm256_set1_epi16(0x0F);
+  const int16_t* xq = x.q.data();
+  const float* xd = x.d.data();
+  const int32_t* xs = x.isum.data();
+  for (int o = o0; o < o1; o += 4) {
+    const uint8_t* g = w + int64_t(o / 4) * 4 * rb;
+    __m128 acc[M], acc_m[M];
+    for (int r = 0; r < M; ++r) acc[r] = acc_m[r] = _mm_setzero_ps();
+    for (int b = 0; b < nb; ++b, g += kGroup) {
+      __m256i x0[M], x1[M], p[M][4];
+      for (int r = 0; r < M; ++r) {
+        x0[r] = load16(xq + int64_t(r) * x.in + 32 * b);
+        x1[r] = load16(xq + int64_t(r) * x.in + 32 * b + 16);
+      }
+      for (int k = 0; k < 4; ++k) {
+        const __m128i* q = reinterpret_cast<const __m128i*>(g + kS + k * kQ);
+        __m256i w0, w1;
+        if constexpr (F == kQ8_0) {
+          w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(q));
+          w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(q + 1));
+        } else {
+          const __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128(q));
+          w0 = _mm256_and_si256(v, m4);  // elements 0..15
+          w1 = _mm256_srli_epi16(v, 4);  // 16..31: a byte's high nibble
+        }
+        for (int r = 0; r < M; ++r)
+          p[r][k] = _mm256_add_epi32(_mm256_madd_epi16(w0, x0[r]), _mm256_madd_epi16(w1, x1[r]));
+      }
+      const __m128 wd = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(g)));
+      for (int r = 0; r < M; ++r) {
+        // [rows 0..3 of lanes 0..3 | rows 0..3 of lanes 4..7], then the halves added.
+        const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[r][0], p[r][1]),
+                                            _mm256_hadd_epi32(p[r][2], p[r][3]));
+        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+        const int bi = r * nb + b;
+        if constexpr (F == kQ4_0) s = _mm_sub_epi32(s, _mm_set1_epi32(8 * xs[bi]));
+        acc[r] = _mm_fmadd_ps(_mm_cvtepi32_ps(s), _mm_mul_ps(wd, _mm_set1_ps(xd[bi])), acc[r]);
+        if constexpr (F == kQ4_1) {
+          const __m128 wm = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(g + 8)));
+          acc_m[r] = _mm_fmadd_ps(wm, _mm_set1_ps(xd[bi] * static_cast<float>(xs[bi])), acc_m[r]);
+        }
+      }
+    }
+    alignas(16) float out[M][4];
+    for (int r = 0; r < M; ++r) _mm_store_ps(out[r], _mm_add_ps(acc[r], acc_m[r]));
+    const int n = o1 - o < 4 ? o1 - o : 4;  // a last, padded group
+    for (int r = 0; r < M; ++r)
+      for (int k = 0; k < n; ++k) y[int64_t(r) * ldy + o + k] = out[r][k];
+  }
+}
+
+template <Fmt F>
+HG_AVX2 void rows_b32_r4(const uint8_t* w, int64_t rb, const QuantActivations16& x, float* y,
+                         int ldy, int o0, int o1) {
+  static_assert(kGemvMaxRows == 4, "one instance per m");
+  switch (x.m) {
+    case 1:
+      return rows_b32_r4_m<F, 1>(w, rb, x, y, ldy, o0, o1);
+    case 2:
+      return rows_b32_r4_m<F, 2>(w, rb, x, y, ldy, o0, o1);
+    case 3:
+      return rows_b32_r4_m<F, 3>(w, rb, x, y, ldy, o0, o1);
+    default:
+      return rows_b32_r4_m<F, 4>(w, rb, x, y, ldy, o0, o1);
   }
 }
 
@@ -194,6 +265,9 @@ Kernels16 avx2_kernels16() {
   k.q8_0 = rows_b32<kQ8_0>;
   k.q4_k = rows_q4_k;
   k.q6_k = rows_q6_k;
+  k.q4_0_r4 = rows_b32_r4<kQ4_0>;
+  k.q4_1_r4 = rows_b32_r4<kQ4_1>;
+  k.q8_0_r4 = rows_b32_r4<kQ8_0>;
   return k;
 }
 

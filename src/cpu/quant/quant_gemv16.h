@@ -5,7 +5,7 @@
 // are folded into the int16 weights first). The relative rounding step of an activation is
 // 1/65534 of its block's largest value, 258x finer than llama.cpp's Q8 (1/254): near-float
 // results, which is what --weight-format native (and auto) runs; native-q8 keeps llama.cpp's
-// 8-bit activations (cpu/quant_gemv.h).
+// 8-bit activations (cpu/quant/quant_gemv.h).
 //
 // One activation format serves every weight type (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K), so a fused
 // projection of mixed types (Q|K|V of a Q4_K_M file) quantizes its input once. Exactness of
@@ -17,7 +17,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "cpu/quant_gemv.h"
+#include "cpu/quant/quant_gemv.h"
 
 namespace hybridgen::cpu {
 
@@ -51,6 +51,34 @@ QuantPath quant_gemv16_path();
 inline void gemv_quant16(DType t, const uint8_t* w, const QuantActivations16& x, const float* bias,
                          float* y, int ldy, int rows) {
   gemv_quant16_on(quant_gemv16_path(), t, w, x, bias, y, ldy, rows);
+}
+
+// ---- Rows interleaved by four (Q4_0, Q4_1, Q8_0) --------------------------------------------
+// The AVX2 kernels spend more time on per-block scalar work (an f16 scale converted, multiplied
+// and broadcast per row and block, Q4_1's min in scalar float) than on the weights' bytes. With
+// four rows' blocks side by side, one F16C conversion widens four rows' scales, one activation
+// load feeds four rows and the four int32 block sums land in the lanes of one register, scaled
+// by one FMA. Linear repacks at load (same bytes: a group of 4 rows is 4 x row_bytes).
+//   Layout, group g = rows 4g..4g+3, block b (of 32 inputs), at (g * nb + b) * 4 * block_bytes:
+//     Q4_0: d[4] f16 | qs[4][16]          Q4_1: d[4] f16 | m[4] f16 | qs[4][16]
+//     Q8_0: d[4] f16 | qs[4][32]          (qs[k] is row 4g + k's block, as stored in GGUF)
+//   A last group of fewer than 4 rows is padded with zero blocks (d = 0).
+bool quant16_r4_supports(DType t);
+// Whether Linear repacks parts of type t at load: the 16-bit path is avx2 (the portable
+// kernels keep the GGUF layout) and t has interleaved kernels.
+bool quant16_r4_preferred(DType t);
+// w: rows * (in / 32) blocks of t -> the layout above. PRECOND: quant16_r4_supports(t),
+// in % 32 == 0 (checked).
+std::vector<uint8_t> repack_rows4(DType t, const uint8_t* w, int rows, int in);
+// Row `row`'s in / 32 blocks, as GGUF stores them, out of a repacked buffer.
+//   out: [in / 32 * block_bytes(t)]
+void unpack_row4(DType t, const uint8_t* packed, int row, int in, uint8_t* out);
+// gemv_quant16_on for repacked weights (same results to the float summation order).
+void gemv_quant16_r4_on(QuantPath path, DType t, const uint8_t* packed, const QuantActivations16& x,
+                        const float* bias, float* y, int ldy, int rows);
+inline void gemv_quant16_r4(DType t, const uint8_t* packed, const QuantActivations16& x,
+                            const float* bias, float* y, int ldy, int rows) {
+  gemv_quant16_r4_on(quant_gemv16_path(), t, packed, x, bias, y, ldy, rows);
 }
 
 }  // namespace hybridgen::cpu

@@ -5,8 +5,10 @@
 //   Q4_1: d_w d_x sum q x + m_w d_x sum x
 //   Q4_K: sub-block j (32): d sc_j d_x sum q x - dmin m_j d_x sum x
 //   Q6_K: per 32 (two sub-blocks of 16): d d_x sum sc_g (q - 32) x
-#include "cpu/quant_kernels.h"
-#include "cpu/quant_kernels16.h"
+#include <vector>
+
+#include "cpu/quant/quant_kernels.h"
+#include "cpu/quant/quant_kernels16.h"
 
 namespace hybridgen::cpu::quant {
 
@@ -118,6 +120,21 @@ void rows(const uint8_t* w, int64_t rb, const QuantActivations16& x, float* y, i
                                   x.d.data() + int64_t(r) * nx, x.isum.data() + int64_t(r) * nx);
 }
 
+// Repacked rows (repack_rows4): each row's blocks unpacked to the GGUF bytes, then the row
+// kernel above, so the layout is checked independently of the SIMD kernels reading it.
+template <RowFn F, DType T>
+void rows_r4(const uint8_t* w, int64_t rb, const QuantActivations16& x, float* y, int ldy, int o0,
+             int o1) {
+  const int nb = x.in / 32;
+  std::vector<uint8_t> row(rb);
+  for (int o = o0; o < o1; ++o) {
+    unpack_row4(T, w, o, x.in, row.data());
+    for (int r = 0; r < x.m; ++r)
+      y[int64_t(r) * ldy + o] = F(row.data(), nb, x.q.data() + int64_t(r) * x.in,
+                                  x.d.data() + int64_t(r) * nb, x.isum.data() + int64_t(r) * nb);
+  }
+}
+
 }  // namespace
 
 Kernels16 portable_kernels16() {
@@ -127,6 +144,9 @@ Kernels16 portable_kernels16() {
   k.q8_0 = rows<row_q8_0, 32>;
   k.q4_k = rows<row_q4_k, 256>;
   k.q6_k = rows<row_q6_k, 256>;
+  k.q4_0_r4 = rows_r4<row_q4_0, DType::kQ4_0>;
+  k.q4_1_r4 = rows_r4<row_q4_1, DType::kQ4_1>;
+  k.q8_0_r4 = rows_r4<row_q8_0, DType::kQ8_0>;
   return k;
 }
 

@@ -10,22 +10,15 @@
 
 #include <cstring>
 
-#include "cpu/quant_kernels.h"
-#include "cpu/quant_kernels16.h"
+#include "cpu/quant/quant_kernels.h"
+#include "cpu/quant/quant_kernels16.h"
+#include "cpu/quant/simd_helpers.h"
 
 namespace hybridgen::cpu::quant {
 
 namespace {
 
 enum Fmt { kQ4_0, kQ4_1, kQ8_0 };
-
-#define HG_AVX512_BASE "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"
-
-__attribute__((target(HG_AVX512_BASE))) inline float f16h(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _cvtsh_ss(h);
-}
 
 // A block-32 block's weights as 32 int16 (low nibbles are elements 0..15).
 template <Fmt F>
@@ -62,14 +55,14 @@ __attribute__((target(HG_AVX512_BASE))) inline __m512i load_w16(const uint8_t* b
       for (int b = 0; b < nb; ++b) {                                                               \
         const uint8_t* blk = row + int64_t(b) * kBytes;                                            \
         const __m512i wv = load_w16<F>(blk);                                                       \
-        const float wd = f16h(blk);                                                                \
+        const float wd = f16c(blk);                                                                \
         for (int r = 0; r < m; ++r) {                                                              \
           const __m512i xv = _mm512_loadu_si512(x.q.data() + int64_t(r) * x.in + 32 * b);          \
           const float xd = x.d[r * nb + b];                                                        \
           acc[r][b & 1] = _mm512_fmadd_ps(_mm512_set1_ps(wd * xd),                                 \
                                           _mm512_cvtepi32_ps(DOT(wv, xv)), acc[r][b & 1]);         \
           if constexpr (F == kQ4_1)                                                                \
-            acc_m[r] += f16h(blk + 2) * xd * static_cast<float>(x.isum[r * nb + b]);               \
+            acc_m[r] += f16c(blk + 2) * xd * static_cast<float>(x.isum[r * nb + b]);               \
         }                                                                                          \
       }                                                                                            \
       for (int r = 0; r < m; ++r)                                                                  \
@@ -95,7 +88,7 @@ __attribute__((target(HG_AVX512_BASE))) inline __m512i load_w16(const uint8_t* b
         const uint8_t* blk = row + int64_t(b) * 144;                                               \
         uint8_t sc[8], mn[8];                                                                      \
         for (int j = 0; j < 8; ++j) scale_min_k4(j, blk + 4, &sc[j], &mn[j]);                      \
-        const float wd = f16h(blk), wmin = f16h(blk + 2);                                          \
+        const float wd = f16c(blk), wmin = f16c(blk + 2);                                          \
         float mins[kGemvMaxRows];                                                                  \
         for (int r = 0; r < m; ++r) mins[r] = 0.f;                                                 \
         for (int j = 0; j < 4; ++j) {                                                              \
@@ -139,7 +132,7 @@ __attribute__((target(HG_AVX512_BASE))) inline __m512i load_w16(const uint8_t* b
       for (int b = 0; b < nb; ++b) {                                                               \
         const uint8_t* blk = row + int64_t(b) * 210;                                               \
         const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192);                             \
-        const float wd = f16h(blk + 208);                                                          \
+        const float wd = f16c(blk + 208);                                                          \
         for (int n = 0; n < 2; ++n) {                                                              \
           const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * n));  \
           const __m256i ql1 =                                                                      \
