@@ -12,8 +12,13 @@
 namespace hybridgen {
 
 struct PrefillSnapshot {
-  // The model it belongs to (checked at restore).
+  // Declared, so that this is not an aggregate: generate_batch({{1, 2, 3}}, ...) must not read
+  // as a snapshot whose model_source is "\x01\x02\x03".
+  PrefillSnapshot() = default;
+  // The model it belongs to and the weight format it ran with (both checked at restore: a
+  // checkpoint of the same shapes, or the same one in another format, computes other K/V).
   std::string model_source;
+  std::string weight_format;
   int n_layers = 0, n_kv_heads = 0, head_dim = 0, vocab_size = 0;
   // How it was taken: the policy of the engine whose prefill it is, and that engine's window.
   // "full" (CPU backend): every K/V row float32 as the prefill attended over it, exact.

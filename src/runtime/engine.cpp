@@ -466,6 +466,7 @@ PrefillSnapshot Engine::prefill_snapshot(const std::vector<std::vector<int32_t>>
            "cannot be read back yet; take the snapshot with a tiered policy or on --device cpu");
   PrefillSnapshot s;
   s.model_source = im.info.source;
+  s.weight_format = im.info.weight_format;
   s.n_layers = c.n_layers;
   s.n_kv_heads = c.n_kv_heads;
   s.head_dim = c.head_dim;
@@ -575,6 +576,10 @@ std::string Engine::Impl::restore_problem(const PrefillSnapshot& s, bool check_s
            ") does not fit " + im.info.source + " (" + std::to_string(c.n_layers) + ", " +
            std::to_string(c.n_kv_heads) + ", " + std::to_string(c.head_dim) + ", " +
            std::to_string(c.vocab_size) + ")";
+  if (s.model_source != im.info.source || s.weight_format != im.info.weight_format)
+    return "prefill snapshot of " + s.model_source + " (" + s.weight_format +
+           " weights) does not belong to " + im.info.source + " (" + im.info.weight_format +
+           " weights)";
   if (s.sequences.empty()) return "prefill snapshot: no sequences";
   int free_slots = 0;
   for (int q = 0; q < im.cache->max_sequences(); ++q) free_slots += !im.cache->is_open(q);

@@ -304,6 +304,16 @@ TEST_F(SharedPrefill, RestoreProblemsAreNamed) {
   other.model_path = std::string(HYBRIDGEN_TEST_DATA_DIR) + "/models/tiny-qwen2";
   EXPECT_NE(Engine::load(other)->restore_problem(*snap_full_).find("does not fit"),
             std::string::npos);
+  // Same shapes, other weights: the same checkpoint in bf16, and random weights of its config.
+  LoadOptions bf16 = options("full");
+  bf16.weight_format = WeightFormat::kBF16;
+  EXPECT_NE(Engine::load(bf16)->restore_problem(*snap_full_).find("does not belong"),
+            std::string::npos)
+      << Engine::load(bf16)->restore_problem(*snap_full_);
+  LoadOptions random = options("full");
+  random.random_weights = true;
+  EXPECT_NE(Engine::load(random)->restore_problem(*snap_full_).find("does not belong"),
+            std::string::npos);
 }
 
 }  // namespace
