@@ -12,10 +12,10 @@
 namespace hybridgen {
 
 uint64_t ModelWeights::bytes() const {
-  uint64_t b = token_embedding.bytes() +
-               (position_embedding.size() + final_norm.size() + final_norm_b.size()) *
-                   sizeof(float) +
-               lm_head.weight_bytes();
+  uint64_t b =
+      token_embedding.bytes() +
+      (position_embedding.size() + final_norm.size() + final_norm_b.size()) * sizeof(float) +
+      lm_head.weight_bytes();
   for (const LayerWeights& l : layers)
     b += l.qkv.weight_bytes() + l.out.weight_bytes() + l.up.weight_bytes() + l.down.weight_bytes() +
          (l.attn_norm.size() + l.attn_norm_b.size() + l.ffn_norm.size() + l.ffn_norm_b.size()) *
@@ -259,10 +259,9 @@ ModelWeights random_weights(const ModelConfig& c, uint64_t seed, cpu::WeightType
     w.position_embedding = rnd((int64_t(c.max_positions) + c.position_offset) * d);
   w.final_norm = ones(d);
   if (c.layer_norm) w.final_norm_b = rnd(d);
-  w.lm_head =
-      cpu::Linear(c.vocab_size, c.d_model,
-                  c.tied_embeddings ? w.token_embedding.to_f32() : rnd(int64_t(c.vocab_size) * d),
-                  {}, type);
+  w.lm_head = cpu::Linear(
+      c.vocab_size, c.d_model,
+      c.tied_embeddings ? w.token_embedding.to_f32() : rnd(int64_t(c.vocab_size) * d), {}, type);
   w.layers.resize(c.n_layers);
   for (LayerWeights& l : w.layers) {
     l.attn_norm = ones(d);
