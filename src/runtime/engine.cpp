@@ -449,6 +449,11 @@ PrefillSnapshot Engine::prefill_snapshot(const std::vector<std::vector<int32_t>>
   HG_CHECK(n >= 1 && n <= im.max_sequences, "prefill snapshot: " + std::to_string(n) +
                                                 " prompts, the engine was loaded for a batch of " +
                                                 std::to_string(im.max_sequences));
+  // It resets the attention runtime's scheduler for a new request, which would disturb live
+  // sequences (a server's): take snapshots on an idle engine.
+  HG_CHECK(open_sequences() == 0, "prefill snapshot: " + std::to_string(open_sequences()) +
+                                      " sequence(s) are open; take a snapshot on an engine "
+                                      "with none open (close them, or use another engine)");
   for (int i = 0; i < n; ++i) {
     HG_CHECK(!prompts[i].empty() && static_cast<int>(prompts[i].size()) < im.info.n_ctx,
              "prefill snapshot: prompt " + std::to_string(i) + " has " +

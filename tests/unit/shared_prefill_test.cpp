@@ -286,6 +286,12 @@ TEST_F(SharedPrefill, RestoreProblemsAreNamed) {
   EXPECT_NE(test::error_of([&] { h2o->restore_sequence(bare, 0); }).find("attention_stats"),
             std::string::npos);
   EXPECT_EQ(h2o->open_sequences(), 0);  // nothing left open by the failed restore
+  {  // a snapshot on an engine with a live sequence would reset its scheduler: refused
+    const int seq = h2o->open_sequence();
+    EXPECT_NE(test::error_of([&] { h2o->prefill_snapshot(*p_, no_stats); }).find("are open"),
+              std::string::npos);
+    h2o->close_sequence(seq);
+  }
   PrefillSnapshotOptions h2o_only;
   h2o_only.keyformer_stats = false;
   const PrefillSnapshot mass = full->prefill_snapshot(*p_, h2o_only);
