@@ -5,47 +5,30 @@
 
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cstring>
 #include <fstream>
-#include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "hybridgen/error.h"
 #include "model/gguf.h"
 #include "model/model_loader.h"
+#include "test_support.h"
 
 namespace hybridgen {
 namespace {
 
 const std::string kQuantDir = std::string(HYBRIDGEN_TEST_DATA_DIR) + "/quant";
 
-std::vector<float> load_f32(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  EXPECT_TRUE(in.good()) << "cannot open " << path;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::string s = ss.str();
-  std::vector<float> v(s.size() / 4);
-  std::memcpy(v.data(), s.data(), v.size() * 4);
-  return v;
-}
-
-uint32_t bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
+uint32_t bits(float f) { return std::bit_cast<uint32_t>(f); }
 
 // Every block type of llama.cpp's presets, as a table of one-block rows and of two-block rows:
 // each looked-up row (ids out of order, repeated, first and last) is gguf-py's dequantization
 // of that row's blocks, bit for bit.
 TEST(EmbeddingTable, RowsOfEveryBlockTypeMatchGgufPyBitExact) {
-  std::ifstream mf(kQuantDir + "/quant_kinds.json");
-  ASSERT_TRUE(mf.good());
-  const nlohmann::json manifest = nlohmann::json::parse(mf);
-  const std::vector<float> values = load_f32(kQuantDir + "/quant_kinds.f32");
+  const nlohmann::json manifest = test::read_json(kQuantDir + "/quant_kinds.json");
+  const std::vector<float> values = test::read_f32(kQuantDir + "/quant_kinds.f32");
   auto file = GgufFile::open(kQuantDir + "/quant_kinds.gguf");
   ASSERT_EQ(manifest["tensors"].size(), 12u);
   for (const auto& t : manifest["tensors"]) {
